@@ -1,0 +1,51 @@
+# MINC: two commands do everything on a fresh machine with Python 3.11:
+#   make demo    pretrain on the embedded MNIST digits (2 gloo processes, CPU), then a linear probe
+#   make test    lint + the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/demo
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv demo test test-fast lint format bench notebooks experiments clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its dev tools (automatic)
+
+demo: $(STAMP) ## pretrain MINC on the embedded digits (2 CPU processes), then probe; prints a table
+	$(PY) -m scaled.demo --output-dir $(RUN)
+
+test: $(STAMP) lint ## lint, then every test (slow, distributed and notebook tests included)
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+test-fast: $(STAMP) ## the tests not marked slow
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
+
+lint: $(STAMP) ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP) ## CPU benchmarks (losses, step, loader); tables into docs/results.md
+	$(PY) -m scaled.bench all --write-docs
+
+notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
+	$(VENV)/bin/jupytext --to ipynb --update notebooks/[0-9]*.py
+
+experiments: $(STAMP) ## the paper's ablations at CPU scale (about 2 hours); results into docs/results/
+	$(PY) -m scaled.experiments all
+
+clean: ## remove runs/ and caches (keeps .venv)
+	rm -rf runs .pytest_cache .ruff_cache build dist *.egg-info
