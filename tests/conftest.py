@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-# dtype -> (rtol, atol). Used as np.testing.assert_allclose(actual, desired, rtol=..., atol=...).
+# dtype -> (rtol, atol); import as `from tests.conftest import tol, TOLERANCES`.
 TOLERANCES: dict[str, tuple[float, float]] = {
     # Exact arithmetic up to round-off of O(N k) sums: a relative 1e-10 is orders above eps=2e-16.
     "float64": (1e-10, 1e-12),
