@@ -3,4 +3,5 @@
 This package never imports torch.
 """
 
+# The one version of the project (pyproject reads it; `scaled` re-exports it).
 __version__ = "0.1.0"

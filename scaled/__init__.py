@@ -1,3 +1,5 @@
 """MINC at scale: PyTorch twins of `reference.losses`, DDP training and linear evaluation."""
 
-__version__ = "0.1.0"
+from reference import __version__
+
+__all__ = ["__version__"]

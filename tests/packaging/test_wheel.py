@@ -1,0 +1,95 @@
+"""`pip install .` (not editable) gives importable packages and the console commands (issue #10).
+
+The wheel is built without build isolation and installed with --no-deps into a fresh venv whose
+dependencies (torch, ...) are borrowed from the project's venv through a .pth line, so the test
+needs no network and no second 5 GB torch install. A .pth *line* adds a path without running that
+folder's own .pth files, so the editable install of the checkout is not visible: imports must come
+from the wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("wheel")
+    dist = tmp / "dist"
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            "-q",
+        ],
+        cwd=tmp,
+    )
+    assert out.returncode == 0, out.stderr
+    wheels = list(dist.glob("minc-*.whl"))
+    assert len(wheels) == 1, f"expected one wheel, found {wheels}"
+
+    env_dir = tmp / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp)
+    borrowed = sysconfig.get_paths()["purelib"]
+    Path(site.stdout.strip(), "_borrowed_deps.pth").write_text(borrowed + "\n")
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "--no-deps",
+            "-q",
+            str(wheels[0]),
+        ],
+        cwd=tmp,
+    )
+    assert out.returncode == 0, out.stderr
+    return env_dir
+
+
+def test_wheel_installs_importable_packages_with_version(installed_wheel: Path, tmp_path: Path):
+    py = installed_wheel / "bin" / "python"
+    code = (
+        "import sys, reference, scaled, scaled.pretrain, scaled.linear_eval, reference.losses;"
+        "print(reference.__file__); print(scaled.__version__ == reference.__version__)"
+    )
+    out = _run([str(py), "-c", code], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    path, same = out.stdout.split()
+    assert Path(path).is_relative_to(installed_wheel), f"imported from {path}, not the wheel"
+    assert same == "True"
+
+
+@pytest.mark.parametrize("command", ["minc-pretrain", "minc-linear-eval"])
+def test_console_commands(installed_wheel: Path, tmp_path: Path, command: str):
+    out = _run([str(installed_wheel / "bin" / command), "--help"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "--checkpoint" in out.stdout or "--preset" in out.stdout
