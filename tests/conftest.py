@@ -17,6 +17,10 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-5),
     # bf16 inputs (8-bit mantissa, eps=7.8e-3) with float32 accumulation of the k x k statistics.
     "bfloat16": (5e-2, 5e-2),
+    # Analytic gradient vs central finite differences in float64 (tests/derivation): with step
+    # h = 1e-5 the truncation error is O(h^2) ~ 1e-10 and round-off O(eps |f| / h) ~ 1e-11, both
+    # relative to |grad|; 1e-6 (a relative norm error) leaves room for ill-scaled entries.
+    "fd_central": (1e-6, 0.0),
 }
 
 

@@ -1,0 +1,125 @@
+"""The spectral contrastive loss (Eq. 1-5) and its chi^2 and alpha MI bounds (Eq. 6-7, 18)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import ortho_group
+
+from reference import graphs, losses
+from tests.conftest import tol
+from tests.derivation.finite_differences import assert_gradient
+
+
+def expectation_form(phi, W):
+    """(Eq. 1) with explicit double sums over the graph (Eq. 3's expectations)."""
+    w = W.sum(axis=1)
+    N = W.shape[0]
+    positive = sum(W[i, j] * phi[i] @ phi[j] for i in range(N) for j in range(N))
+    negative = sum(w[i] * w[j] * (phi[i] @ phi[j]) ** 2 for i in range(N) for j in range(N))
+    return -2.0 * positive + negative
+
+
+def minimiser(W, k, R=None):
+    """phi* = D^{-1/2} V_k diag(lambda)^{1/2} R (Eq. 5)."""
+    vals, vecs = graphs.spectral_embedding(W, k)
+    F = vecs * np.sqrt(vals)
+    if R is not None:
+        F = F @ R
+    return F / np.sqrt(graphs.marginal(W))[:, None], vals
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_graph_form_equals_expectation_form(any_graph, seed):
+    W, k = any_graph
+    phi = np.random.default_rng(seed).standard_normal((W.shape[0], k))
+    value = losses.spectral_loss(phi, W)
+    np.testing.assert_allclose(value, expectation_form(phi, W), **tol("float64"))
+    # second equality of Eq. 3: || A - F F^T ||^2 - || A ||^2
+    A = graphs.normalized_adjacency(W)
+    F = np.sqrt(graphs.marginal(W))[:, None] * phi
+    frob = np.sum((A - F @ F.T) ** 2) - np.sum(A**2)
+    np.testing.assert_allclose(value, frob, **tol("float64"))
+
+
+def test_closed_form_minimiser(any_graph):
+    W, k = any_graph
+    phi, vals = minimiser(W, k)
+    np.testing.assert_allclose(losses.spectral_loss(phi, W), -np.sum(vals**2), **tol("float64"))
+    grad = losses.spectral_loss_grad(phi, W)
+    assert np.max(np.abs(grad)) < 1e-12 * np.max(np.abs(losses.spectral_loss_grad(0 * phi + 1, W)))
+    # Random rotations keep the value and stationarity (Eq. 5: any orthogonal R).
+    for seed in range(3):
+        R = ortho_group.rvs(k, random_state=seed) if k > 1 else np.array([[-1.0]])
+        phi_r, _ = minimiser(W, k, R)
+        np.testing.assert_allclose(
+            losses.spectral_loss(phi_r, W), -np.sum(vals**2), **tol("float64")
+        )
+        assert np.max(np.abs(losses.spectral_loss_grad(phi_r, W))) < 1e-12
+    # ... and it is a minimum: random perturbations only increase the loss.
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        assert losses.spectral_loss(phi + 1e-3 * rng.standard_normal(phi.shape), W) > -np.sum(
+            vals**2
+        )
+
+
+def test_eigenvalue_one_is_the_constant_feature(graph):
+    W, k = graph
+    phi, vals = minimiser(W, 1)
+    np.testing.assert_allclose(vals[0], 1.0, **tol("float64"))
+    np.testing.assert_allclose(np.abs(phi[:, 0]), np.ones(W.shape[0]), **tol("float64"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spectral_gradient_matches_finite_differences(graph, seed):
+    W, k = graph
+    phi = np.random.default_rng(seed).standard_normal((W.shape[0], k))
+    assert_gradient(losses.spectral_loss_grad(phi, W), lambda p: losses.spectral_loss(p, W), phi)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chi2_bound_is_minus_spectral_loss_minus_one(any_graph, seed):
+    W, k = any_graph
+    phi = np.random.default_rng(seed).standard_normal((W.shape[0], k))
+    L = losses.spectral_loss(phi, W)
+    np.testing.assert_allclose(losses.chi2_mi_bound(phi, W), -L - 1.0, **tol("float64"))
+    np.testing.assert_allclose(
+        losses.chi2_mi_bound_grad(phi, W), -losses.spectral_loss_grad(phi, W), **tol("float64")
+    )
+    assert_gradient(losses.chi2_mi_bound_grad(phi, W), lambda p: losses.chi2_mi_bound(p, W), phi)
+
+
+def test_alpha_two_is_half_the_chi2_bound(any_graph):
+    W, k = any_graph
+    phi = np.random.default_rng(5).standard_normal((W.shape[0], k))
+    L = losses.spectral_loss(phi, W)
+    np.testing.assert_allclose(losses.alpha_mi_bound(phi, W, 2.0), -(L + 1) / 2, **tol("float64"))
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25, 3.0, 1.7])
+def test_alpha_gradient_matches_finite_differences(graph, alpha):
+    W, k = graph
+    rng = np.random.default_rng(2)
+    # non-negative features for non-integer m, so that s >= 0 and max(s, 0) is smooth (C9)
+    phi = (
+        rng.random((W.shape[0], k)) if alpha in (3.0, 1.7) else rng.standard_normal((W.shape[0], k))
+    )
+    assert_gradient(
+        losses.alpha_mi_bound_grad(phi, W, alpha), lambda p: losses.alpha_mi_bound(p, W, alpha), phi
+    )
+
+
+def test_alpha_non_integer_power_clips_negative_scores():
+    W = graphs.cycle_graph(5)
+    phi = np.zeros((5, 1))
+    phi[:, 0] = [1.0, -1.0, 1.0, -1.0, 1.0]  # neighbours have s = -1
+    alpha = 1.7  # m = 17/7, non-integer
+    m = alpha / (alpha - 1)
+    w = W.sum(1)
+    S = phi @ phi.T
+    expected = (
+        np.sum(W * (S - 1)) / (alpha - 1)
+        - np.sum(np.outer(w, w) * (np.maximum(S, 0) ** m - 1)) / alpha
+    )
+    np.testing.assert_allclose(losses.alpha_mi_bound(phi, W, alpha), expected, **tol("float64"))
