@@ -1,0 +1,333 @@
+"""Curves of one or several runs: ``python -m scaled.plot RUN_DIR [RUN_DIR ...] [--out DIR]``.
+
+Reads each run's ``metrics.jsonl`` (written by :class:`scaled.runlog.RunLogger`) and, if present,
+its linear-probe results (``*.json`` files with ``probe`` or ``linear_eval`` in their name holding a
+top-1 accuracy), and draws one PNG per group of metrics into ``--out``:
+
+    loss.png        every metric whose name contains "loss"
+    accuracy.png    online-probe / kNN accuracies ("acc", "top1", "top5"), linear-probe results as
+                    horizontal lines
+    lr.png          learning rate(s) ("lr")
+    throughput.png  images per second ("img_s", "img/s", "throughput")
+    health.png      feature std, effective rank, Cbar eigenvalues (scaled.health), one panel each
+    other.png       every remaining numeric metric, so nothing logged is silently dropped
+
+Several runs are overlaid on the same axes, one colour per run, labelled by directory name.
+Default ``--out``: ``RUN_DIR/plots`` for one run, ``./plots`` for several.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+_SKIP = {"step", "time"}
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl``, in step order, with resumed steps de-duplicated.
+
+    A resumed run appends the steps after its checkpoint again; when a record's step is not larger
+    than the previous one, the earlier records from that step on are dropped (the later start is
+    the one that produced the checkpoints that followed). A truncated last line (a crash while
+    writing) is ignored.
+
+    Raises
+    ------
+    FileNotFoundError
+        The directory or its ``metrics.jsonl`` does not exist.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl")
+    records: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if not isinstance(record, dict) or "step" not in record:
+                continue
+            while records and records[-1]["step"] >= record["step"]:
+                records.pop()
+            records.append(record)
+    return records
+
+
+def read_probe_results(run_dir: str | Path) -> dict[str, float]:
+    """Linear-probe accuracies found in ``run_dir`` (``*probe*.json`` / ``*linear_eval*.json``).
+
+    Returns name -> accuracy for each numeric entry whose key contains ``top1``, ``top5`` or
+    ``acc`` (nested one level deep, e.g. ``{"linear": {"top1": 71.2}}`` -> ``linear/top1``).
+    """
+    results: dict[str, float] = {}
+    run_dir = Path(run_dir)
+    paths = sorted({*run_dir.glob("*probe*.json"), *run_dir.glob("*linear_eval*.json")})
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        flat: dict[str, object] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                flat.update({f"{key}/{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        for key, value in flat.items():
+            if (
+                _is_accuracy(key)
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
+                results[f"{path.stem}:{key}"] = float(value)
+    return results
+
+
+def _is_accuracy(name: str) -> bool:
+    name = name.lower()
+    return any(t in name for t in ("acc", "top1", "top5", "top-1", "top-5"))
+
+
+def _is_loss(name: str) -> bool:
+    return "loss" in name.lower()
+
+
+def _is_lr(name: str) -> bool:
+    name = name.lower()
+    return name == "lr" or name.startswith("lr") or name.endswith("lr") or "learning_rate" in name
+
+
+def _is_throughput(name: str) -> bool:
+    name = name.lower()
+    return any(t in name for t in ("img_s", "img/s", "images_per_s", "throughput"))
+
+
+def _is_health(name: str) -> bool:
+    name = name.lower()
+    return name.startswith(("feature_std", "eff_rank", "cbar_"))
+
+
+GROUPS: list[tuple[str, str, str, Callable[[str], bool]]] = [
+    # file stem, title, y label, which metric names
+    ("loss", "Training loss", "loss", _is_loss),
+    ("accuracy", "Probe accuracy", "accuracy", _is_accuracy),
+    ("lr", "Learning rate", "learning rate", _is_lr),
+    ("throughput", "Throughput", "images / s", _is_throughput),
+]
+
+
+def _health_panel(name: str) -> str:
+    """Panel of the health figure that metric ``name`` belongs to."""
+    if name.startswith("cbar_eig"):
+        return "cbar_eig"
+    if name.startswith("cbar_diag_") and name[len("cbar_diag_") :].isdigit():
+        return "cbar_diag"
+    return name
+
+
+def _series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for r in records:
+        if name in r and isinstance(r[name], (int, float)):
+            steps.append(r["step"])
+            values.append(float(r[name]))
+    return steps, values
+
+
+def _metric_names(records: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in records:
+        for key, value in r.items():
+            if key not in _SKIP and isinstance(value, (int, float)) and not isinstance(value, bool):
+                names[key] = None
+    return list(names)
+
+
+def _label(run: str, name: str, n_runs: int) -> str:
+    return name if n_runs == 1 else f"{run}: {name}"
+
+
+def _finish(fig, ax, title: str, ylabel: str, path: Path, *, log_y: bool = False) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Draw the figures of module docstring for ``run_dirs`` into ``out_dir``; return the PNG paths.
+
+    Raises
+    ------
+    FileNotFoundError
+        A run directory or its metrics.jsonl is missing.
+    ValueError
+        A run's metrics.jsonl holds no records.
+    """
+    runs: dict[str, list[dict]] = {}
+    probes: dict[str, dict[str, float]] = {}
+    labels = [Path(d).resolve().name for d in run_dirs]
+    if len(set(labels)) < len(labels):
+        labels = [str(d) for d in run_dirs]
+    for label, run_dir in zip(labels, run_dirs):
+        records = read_metrics(run_dir)
+        if not records:
+            raise ValueError(f"{run_dir}/metrics.jsonl is empty")
+        runs[label] = records
+        probes[label] = read_probe_results(run_dir)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    written: list[Path] = []
+    used: set[str] = set()
+    n_runs = len(runs)
+
+    for stem, title, ylabel, matches in GROUPS:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        drawn = False
+        for r, (run, records) in enumerate(runs.items()):
+            names = [n for n in _metric_names(records) if matches(n) and n not in used]
+            for j, name in enumerate(names):
+                steps, values = _series(records, name)
+                colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
+                style = styles[j % len(styles)] if n_runs > 1 else "-"
+                ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
+                drawn = True
+            if stem == "accuracy":
+                for j, (name, acc) in enumerate(probes[run].items()):
+                    ax.axhline(
+                        acc,
+                        color=colours[(r if n_runs > 1 else j) % len(colours)],
+                        linestyle=":",
+                        label=_label(run, f"{name} = {acc:.4g}", n_runs),
+                    )
+                    drawn = True
+        for records in runs.values():
+            used.update(n for n in _metric_names(records) if matches(n))
+        if drawn:
+            positive = all(
+                v > 0
+                for records in runs.values()
+                for n in _metric_names(records)
+                if matches(n)
+                for v in _series(records, n)[1]
+                if math.isfinite(v)
+            )
+            path = out_dir / f"{stem}.png"
+            _finish(fig, ax, title, ylabel, path, log_y=(stem == "lr" and positive))
+            written.append(path)
+        else:
+            plt.close(fig)
+
+    health = sorted(
+        {_health_panel(n) for recs in runs.values() for n in _metric_names(recs) if _is_health(n)}
+    )
+    if health:
+        ncols = min(3, len(health))
+        nrows = math.ceil(len(health) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.3 * nrows), squeeze=False)
+        for ax, panel in zip(axes.flat, health):
+            for r, (run, records) in enumerate(runs.items()):
+                names = [
+                    n for n in _metric_names(records) if _is_health(n) and _health_panel(n) == panel
+                ]
+                for j, name in enumerate(sorted(names)):
+                    steps, values = _series(records, name)
+                    colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
+                    style = styles[j % len(styles)] if n_runs > 1 else "-"
+                    ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
+            ax.set_title(panel)
+            ax.set_xlabel("step")
+            ax.set_ylabel(panel)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize="x-small")
+        for ax in list(axes.flat)[len(health) :]:
+            ax.set_visible(False)
+        fig.suptitle("Representation health (scaled.health)")
+        fig.tight_layout()
+        path = out_dir / "health.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+        for records in runs.values():
+            used.update(n for n in _metric_names(records) if _is_health(n))
+
+    rest = sorted({n for recs in runs.values() for n in _metric_names(recs)} - used)
+    if rest:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r, (run, records) in enumerate(runs.items()):
+            for j, name in enumerate(n for n in rest if n in _metric_names(records)):
+                steps, values = _series(records, name)
+                colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
+                style = styles[j % len(styles)] if n_runs > 1 else "-"
+                ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
+        path = out_dir / "other.png"
+        _finish(fig, ax, "Other metrics", "value", path)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``python -m scaled.plot RUN_DIR [RUN_DIR ...] [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scaled.plot",
+        description="Plot loss, probe accuracy, lr, throughput and health curves of training runs.",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder for the PNGs (default: RUN_DIR/plots for one run, ./plots for several)",
+    )
+    args = parser.parse_args(argv)
+    out = args.out or (Path(args.run_dirs[0]) / "plots" if len(args.run_dirs) == 1 else "plots")
+    try:
+        written = plot_runs(args.run_dirs, out)
+    except FileNotFoundError as exc:
+        print(
+            f"error: {exc}; pass the --run-dir of a scaled.pretrain run "
+            "(it writes metrics.jsonl at every log interval)",
+            file=sys.stderr,
+        )
+        return 2
+    except ValueError as exc:
+        print(
+            f"error: {exc}; the run has not reached its first log interval yet "
+            "(wait for it, or lower --log-every)",
+            file=sys.stderr,
+        )
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
