@@ -123,3 +123,37 @@ def test_alpha_non_integer_power_clips_negative_scores():
         - np.sum(np.outer(w, w) * (np.maximum(S, 0) ** m - 1)) / alpha
     )
     np.testing.assert_allclose(losses.alpha_mi_bound(phi, W, alpha), expected, **tol("float64"))
+
+
+def f_alpha(u, alpha):
+    """(Eq. 16)."""
+    return (u**alpha - alpha * u - (1 - alpha)) / (alpha * (alpha - 1))
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 3.0])
+def test_alpha_bound_at_the_optimal_critic_is_the_divergence(graph, alpha):
+    """(Eq. 17) with the true density ratio r = W_ij / (w_i w_j) equals D_{f_alpha} (Eq. 16)."""
+    W, _ = graph
+    w = graphs.marginal(W)
+    P = np.outer(w, w)
+    r = W / P
+    divergence = np.sum(P * f_alpha(r, alpha))
+    J = np.sum(W * (r ** (alpha - 1) - 1)) / (alpha - 1) - np.sum(P * (r**alpha - 1)) / alpha
+    np.testing.assert_allclose(J, divergence, **tol("float64"))
+    np.testing.assert_allclose(f_alpha(r, 2.0), (r - 1) ** 2 / 2, **tol("float64"))  # chi^2 / 2
+
+
+def test_bounds_are_tight_when_phi_models_the_density_ratio(graph):
+    """k = N features with F F^T = A make phi_i^T phi_j = r_ij: the chi^2 bound (Eq. 7) is the
+    chi^2 divergence and alpha = 2 (Eq. 18) is half of it. (A is PSD for these lazy graphs.)"""
+    W, _ = graph
+    N = W.shape[0]
+    vals, vecs = graphs.spectral_embedding(W, N)
+    assert vals.min() > -1e-12
+    w = graphs.marginal(W)
+    phi = vecs * np.sqrt(np.maximum(vals, 0)) / np.sqrt(w)[:, None]
+    r = W / np.outer(w, w)
+    np.testing.assert_allclose(phi @ phi.T, r, rtol=1e-10, atol=1e-10)
+    chi2 = np.sum(np.outer(w, w) * (r - 1) ** 2)
+    np.testing.assert_allclose(losses.chi2_mi_bound(phi, W), chi2, rtol=1e-10)
+    np.testing.assert_allclose(losses.alpha_mi_bound(phi, W, 2.0), chi2 / 2, rtol=1e-10)
