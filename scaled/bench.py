@@ -664,6 +664,388 @@ def plot_variance(rows, points, batches, out_dir: Path, write_docs: bool):
 
 
 # ----------------------------------------------------------------------------------------------
+# step: one SSL training step against a supervised step of the same backbone
+# ----------------------------------------------------------------------------------------------
+
+
+class _CachedTarget(torch.nn.Module):
+    """Stand-in for the target network that returns precomputed features (to time the loss and
+    its statistics without the target forward)."""
+
+    def __init__(self, x1: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> None:
+        super().__init__()
+        self.x1, self.t1, self.t2 = x1, t1, t2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.t1 if x is self.x1 else self.t2
+
+
+def step_functions(
+    method: str, arch: str, B: int, size: int, device: torch.device, *, amp: bool, compile: bool
+) -> dict[str, Callable[[], None]]:
+    """Closures timing one synthetic-data step of `scaled.pretrain`'s pieces for `method`.
+
+    step: the trainer's step body (two views through the online net, `ssl_loss` with the target
+    forward and the statistics, backward, optimizer step, EMA of the target).
+    loss: `ssl_loss` alone on fixed projector outputs, the target forward replaced by cached
+    features (loss + statistics: C_batch, Cbar EMA, Eq. 15, 20). ema: `update_target` (Eq. 14).
+    """
+    from dataclasses import replace
+
+    from scaled.config import PretrainConfig
+    from scaled.model import SSLModel
+    from scaled.optim import build_optimizer
+    from scaled.pretrain import ssl_loss
+
+    cfg = replace(PretrainConfig(), method=method, arch=arch, batch_size=B, online_probe=False)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    model = SSLModel(cfg, 3, 0).to(device, memory_format=fmt)
+    optimizer = build_optimizer(model.online, cfg)
+    online = torch.compile(model.online) if compile else model.online
+    gen = torch.Generator().manual_seed(0)
+    x1, x2 = (
+        torch.randn(B, 3, size, size, generator=gen).to(device, memory_format=fmt) for _ in range(2)
+    )
+
+    def autocast():
+        if cuda and amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(device.type, enabled=False)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            out = online(x1, x2)
+            loss = ssl_loss(cfg, model, out, x1, x2, first_step=False, distributed=False)
+        loss.backward()
+        optimizer.step()
+        model.update_target(0.996)
+
+    k = cfg.proj_out
+    feats = [torch.randn(B, k, generator=gen).to(device) for _ in range(4)]
+    p1, p2 = (f.requires_grad_() for f in feats[:2])
+    cached = _CachedTarget(x1, feats[2], feats[3])
+
+    def loss_only() -> None:
+        saved = model.target
+        if saved is not None:  # the target forward is not part of the loss: use cached features
+            model.target = cached
+        p1.grad = p2.grad = None
+        with autocast():
+            out = {"z1": p1, "z2": p2, "p1": p1, "p2": p2}
+            loss = ssl_loss(cfg, model, out, x1, x2, first_step=False, distributed=False)
+        loss.backward()
+        model.target = saved
+
+    def ema() -> None:
+        model.update_target(0.996)
+
+    return {"step": step, "loss": loss_only, "ema": ema}
+
+
+def supervised_step_function(
+    arch: str, B: int, size: int, device: torch.device, *, amp: bool, compile: bool
+) -> Callable[[], None]:
+    """One supervised step of the same backbone: one view, linear classifier (1000 classes),
+    cross entropy, SGD with momentum."""
+    from dataclasses import replace
+
+    from scaled.config import PretrainConfig
+    from scaled.model import build_backbone
+
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    backbone = build_backbone(replace(PretrainConfig(), arch=arch))
+    net = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 1000))
+    net = net.to(device, memory_format=fmt)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    forward = torch.compile(net) if compile else net
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(B, 3, size, size, generator=gen).to(device, memory_format=fmt)
+    y = torch.randint(0, 1000, (B,), generator=gen).to(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and amp):
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run_step(args: argparse.Namespace) -> dict[str, Any]:
+    """The `step` benchmark; returns its JSON payload."""
+    device = pick_device(args.device)
+    env = environment(device)
+    cuda = device.type == "cuda"
+    if args.quick:
+        archs, methods, B, size, reps = ["small_resnet"], ["minc"], 4, 32, 1
+    else:
+        archs = args.archs or (["resnet50", "resnet50x2"] if cuda else ["resnet18"])
+        methods = args.methods
+        B = args.batch_size or (256 if cuda else 32)
+        size = args.image_size or (224 if cuda else 64)
+        reps = args.reps or (10 if cuda else 3)
+    amp = cuda and not args.no_amp
+    rows: list[dict[str, Any]] = []
+    for arch in archs:
+        sup = supervised_step_function(arch, B, size, device, amp=amp, compile=args.compile)
+        fns = {
+            m: step_functions(m, arch, B, size, device, amp=amp, compile=args.compile)
+            for m in methods
+        }
+        times: dict[str, list[float]] = {"supervised": []} | {m: [] for m in methods}
+        for rep in range(reps):  # interleaved: machine-load changes hit every column alike
+            times["supervised"] += time_calls(sup, device, reps=1, warmup=int(rep == 0))
+            for m in methods:
+                times[m] += time_calls(fns[m]["step"], device, reps=1, warmup=int(rep == 0))
+        t_sup = float(np.median(times["supervised"]))
+        for m in methods:
+            t_step = float(np.median(times[m]))
+            t_loss = float(np.median(time_calls(fns[m]["loss"], device, reps=max(reps, 5))))
+            t_ema = float(np.median(time_calls(fns[m]["ema"], device, reps=max(reps, 5))))
+            rows.append(
+                {
+                    "arch": arch,
+                    "method": m,
+                    "B": B,
+                    "image_size": size,
+                    "supervised_s": t_sup,
+                    "ssl_step_s": t_step,
+                    "ratio": t_step / t_sup,
+                    "loss_stats_s": t_loss,
+                    "ema_s": t_ema,
+                    "loss_stats_pct": 100 * t_loss / t_step,
+                    "ema_pct": 100 * t_ema / t_step,
+                    "img_per_s": B / t_step,
+                }
+            )
+            print(f"  {arch} {m}: step {t_step * 1e3:.1f} ms, supervised {t_sup * 1e3:.1f} ms")
+        del sup, fns
+    table = markdown_table(
+        [
+            "arch",
+            "method",
+            "B",
+            "px",
+            "SSL step (ms)",
+            "supervised step (ms)",
+            "SSL / supervised",
+            "loss + statistics (% of step)",
+            "target EMA (% of step)",
+            "images/s",
+        ],
+        [
+            [
+                r["arch"],
+                r["method"],
+                r["B"],
+                r["image_size"],
+                f"{r['ssl_step_s'] * 1e3:.1f}",
+                f"{r['supervised_s'] * 1e3:.1f}",
+                f"{r['ratio']:.2f}",
+                f"{r['loss_stats_pct']:.2f}",
+                f"{r['ema_pct']:.2f}",
+                f"{r['img_per_s']:.1f}",
+            ]
+            for r in rows
+        ],
+    )
+    print(table)
+    settings = {
+        "archs": archs,
+        "methods": methods,
+        "batch_size": B,
+        "image_size": size,
+        "reps": reps,
+        "bf16_autocast": amp,
+        "channels_last": cuda,
+        "compile": args.compile,
+    }
+    payload = {"benchmark": "step", "env": env, "command": command_line(), "settings": settings}
+    payload["rows"] = rows
+    path = write_json(args.out, "step", payload)
+    print(f"wrote {path}")
+    if args.write_docs:
+        notes = f"""
+Synthetic data (random tensors, no loader), median of {reps} interleaved steps after one warm-up.
+"SSL step" is the body of the `scaled/pretrain.py` loop: both views through the online network,
+`ssl_loss` (target forward of both views, `C_batch` and the `Cbar` EMA for MINC, the loss), the
+backward, the optimizer step (LARS) and the target EMA (Eq. 14). "supervised" is one view through
+the same backbone with a 1000-class linear head, cross entropy, SGD. By operation count an SSL
+step is about 2.7x a supervised one (two views forward + backward, two target forwards: 8 vs 3
+forward-equivalents). "loss + statistics" is `ssl_loss` alone on fixed projector outputs (target
+forward replaced by cached features), "target EMA" is `update_target`, each timed on its own and
+given as a share of the step. Targets on a GPU at B 256, k 256: loss + statistics < 3%, EMA < 2%.
+"""
+        if not cuda:
+            notes += """
+**CPU run**: a small backbone and batch so that it finishes fast (above); no bf16 or
+channels_last. The GPU figures come from
+`python -m scaled.bench step --device cuda --write-docs` (ResNet-50 1x and 2x at 224 px, B 256,
+bf16 autocast + channels_last; add `--compile`), not run: no GPU was lent to this project's
+sessions.
+"""
+        replace_docs_section(
+            "step", docs_body("Training step: SSL vs supervised", env, table, notes, None)
+        )
+    return payload
+
+
+# ----------------------------------------------------------------------------------------------
+# loader: decoded + augmented images per second of the default (torch) loader
+# ----------------------------------------------------------------------------------------------
+
+
+def write_jpeg_folder(root: Path, n_images: int, seed: int, size: tuple[int, int] = (500, 375)):
+    """An ImageFolder of real JPEGs (ImageNet-like size and quality) under root/train/<class>/.
+
+    Smooth random colour fields plus noise, saved at quality 90: about ImageNet's average size.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n_images):
+        folder = root / "train" / f"class{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        low = rng.integers(0, 256, size=(h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
+        pixels = np.clip(base + rng.integers(-20, 21, size=base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:04d}.jpg", quality=90)
+
+
+def run_loader(args: argparse.Namespace) -> dict[str, Any]:
+    """The `loader` benchmark; returns its JSON payload."""
+    import tempfile
+    from dataclasses import replace
+
+    from torch.utils.data import DataLoader
+
+    from scaled.config import PretrainConfig
+    from scaled.data import GlobalBatchSampler, pretrain_dataset
+
+    env = environment(torch.device("cpu"))
+    n_images = 16 if args.quick else args.images
+    batch = 8 if args.quick else 16
+    workers = [1] if args.quick else args.workers
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.data_dir) if args.data_dir else Path(tmp)
+        if not args.data_dir:
+            write_jpeg_folder(data_dir, n_images, args.seed)
+        cfg = replace(PretrainConfig(), data_dir=str(data_dir), image_size=args.image_size)
+        dataset, _, _ = pretrain_dataset(cfg)
+        n = min(len(dataset), n_images)
+        rows = []
+        for w in workers:
+            sampler = GlobalBatchSampler(n, batch, 0, 1, args.seed)
+            loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=w)
+            it = iter(loader)
+            next(it)  # start-up of the workers and the first batch are not counted
+            t0 = time.perf_counter()
+            count = sum(x1.shape[0] for x1, *_ in it)
+            elapsed = time.perf_counter() - t0
+            rows.append(
+                {
+                    "workers": w,
+                    "images": count,
+                    "seconds": elapsed,
+                    "img_per_s": count / elapsed,
+                    "img_per_s_per_worker": count / elapsed / w,
+                }
+            )
+            print(f"  {w} worker(s): {count / elapsed:.1f} images/s (two views each)")
+            del it, loader
+    table = markdown_table(
+        ["workers", "images timed", "images/s (two views each)", "images/s per worker (core)"],
+        [
+            [r["workers"], r["images"], f"{r['img_per_s']:.1f}", f"{r['img_per_s_per_worker']:.1f}"]
+            for r in rows
+        ],
+    )
+    print(table)
+    source = args.data_dir or f"{n_images} generated 500x375 JPEGs (quality 90)"
+    payload = {"benchmark": "loader", "env": env, "command": command_line(), "rows": rows}
+    payload["settings"] = {"data": source, "batch": batch, "image_size": args.image_size}
+    path = write_json(args.out, "loader", payload)
+    print(f"wrote {path}")
+    if args.write_docs:
+        notes = f"""
+The default loader (`scaled.data.pretrain_dataset`: PIL decode + BYOL's two augmented views at
+{args.image_size} px, torchvision transforms) in a `DataLoader` with 1 and 2 worker processes, on
+{source}; the first batch (worker start-up) is not timed. Each image yields two views. A worker is
+one process, so "per worker" is per CPU core when the cores are not shared; on this 2-core machine
+the main process and other users share the cores, so the 2-worker row is a lower bound. Feeding
+one GPU that runs ~1000-2500 images/s (ResNet-50 SSL, bf16) needs the cores that this rate
+implies; `scaled/dali_loader.py` (`--loader dali`) moves decode and augmentation to the GPU.
+"""
+        replace_docs_section(
+            "loader", docs_body("Input pipeline: images/s per core", env, table, notes, None)
+        )
+    return payload
+
+
+# ----------------------------------------------------------------------------------------------
+# profile: where the time of one SSL step goes
+# ----------------------------------------------------------------------------------------------
+
+
+def run_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """The `profile` benchmark: torch.profiler of one MINC step on CPU (and CUDA when present)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.device != "auto":
+        devices = [pick_device(args.device)]
+    payload: dict[str, Any] = {"benchmark": "profile", "command": command_line(), "runs": []}
+    for device in devices:
+        cuda = device.type == "cuda"
+        arch = "small_resnet" if args.quick else ("resnet50" if cuda else "resnet18")
+        B, size = (4, 32) if args.quick else ((256, 224) if cuda else (32, 64))
+        fns = step_functions("minc", arch, B, size, device, amp=cuda, compile=False)
+        for _ in range(2):  # warm-up (cudnn autotuning, allocator)
+            fns["step"]()
+        synchronize(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            fns["step"]()
+            synchronize(device)
+        sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+        averages = prof.key_averages()
+        table = averages.table(sort_by=sort_by, row_limit=args.top)
+        print(f"== {device} ({arch}, B {B}, {size} px), sorted by {sort_by}\n{table}")
+        events = sorted(averages, key=lambda e: -getattr(e, sort_by))
+        total = sum(getattr(e, sort_by) for e in averages)
+        top = [
+            {"op": e.key, "self_us": getattr(e, sort_by), "pct": 100 * getattr(e, sort_by) / total}
+            for e in events[: args.top]
+        ]
+        payload["runs"].append(
+            {"env": environment(device), "arch": arch, "B": B, "image_size": size, "top": top}
+        )
+    path = write_json(args.out, "profile", payload)
+    print(f"wrote {path}")
+    return payload
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """losses, variance, step and loader with their defaults (each writes its own docs section)."""
+    parser = build_parser()
+    common = ["--out", str(args.out), "--device", args.device, "--seed", str(args.seed)]
+    common += ["--write-docs"] * args.write_docs + ["--quick"] * args.quick + ["--plot"] * args.plot
+    results = {}
+    for name in ("losses", "variance", "step", "loader"):
+        t0 = time.perf_counter()
+        print(f"== {name}")
+        sub = parser.parse_args([name, *common])
+        results[name] = COMMANDS[name](sub)
+        print(f"== {name}: {time.perf_counter() - t0:.0f} s")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -702,7 +1084,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--draws", type=_positive_int, default=200, help="batches per seed and B")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds, e.g. 0,1,2")
+
+    p = sub.add_parser("step", parents=[common], help="SSL step vs supervised step")
+    p.add_argument(
+        "--archs", type=_str_list, default=None, help="default resnet50,resnet50x2 (GPU)"
+    )
+    p.add_argument("--methods", type=_str_list, default=["minc", "spectral", "byol"])
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="GPU 256, CPU 32")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="GPU 224, CPU 64")
+    p.add_argument("--reps", type=_positive_int, default=None, help="timed steps per column")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks")
+
+    p = sub.add_parser("loader", parents=[common], help="images/s per core of the torch loader")
+    p.add_argument("--data-dir", default="", help="ImageFolder root with train/ (default: JPEGs)")
+    p.add_argument("--images", type=_positive_int, default=96, help="images to time per setting")
+    p.add_argument("--workers", type=_int_list, default=[1, 2], help="worker counts, e.g. 1,2")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="crop size")
+
+    p = sub.add_parser("profile", parents=[common], help="torch.profiler of one MINC step")
+    p.add_argument("--top", type=_positive_int, default=15, help="rows of the operator table")
+
+    sub.add_parser("all", parents=[common], help="losses, variance, step and loader")
     return parser
+
+
+def _str_list(text: str) -> list[str]:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
 
 
 def _int_list(text: str) -> list[int]:
@@ -725,6 +1136,10 @@ def _positive_int(text: str) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "losses": run_losses,
     "variance": run_variance,
+    "step": run_step,
+    "loader": run_loader,
+    "profile": run_profile,
+    "all": run_all,
 }
 
 
