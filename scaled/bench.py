@@ -39,6 +39,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
+SCALING_MD = REPO_ROOT / "docs" / "scaling.md"
 FIGURES_DIR = REPO_ROOT / "docs" / "bench"
 
 
@@ -1027,6 +1028,20 @@ def run_profile(args: argparse.Namespace) -> dict[str, Any]:
         )
     path = write_json(args.out, "profile", payload)
     print(f"wrote {path}")
+    if args.write_docs:
+        parts = []
+        for run in payload["runs"]:
+            env = run["env"]
+            rows = [[r["op"], f"{r['self_us'] / 1e3:.1f}", f"{r['pct']:.1f}"] for r in run["top"]]
+            parts += [
+                f"One MINC step, {run['arch']}, B {run['B']}, {run['image_size']} px, "
+                f"on {env_line(env)}:",
+                "",
+                markdown_table(["operator", "self time (ms)", "% of step"], rows),
+                "",
+            ]
+        body = f"Command: `{command_line()}`\n\n" + "\n".join(parts)
+        replace_docs_section("profile", body, SCALING_MD)
     return payload
 
 

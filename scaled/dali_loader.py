@@ -60,12 +60,16 @@ def require_dali() -> None:
         )
 
 
-def _byol_view(jpegs_decoded, *, crop: int, blur_p: float, solarize_p: float):
+def _byol_view(jpegs_decoded, *, crop: int, blur_p: float, solarize_p: float, scale_min: float):
     """One BYOL view of a batch of decoded GPU images (DALI graph code, runs inside a pipeline)."""
     from nvidia.dali import fn, types
 
     images = fn.random_resized_crop(
-        jpegs_decoded, size=[crop, crop], random_area=[0.08, 1.0], random_aspect_ratio=[0.75, 4 / 3]
+        jpegs_decoded,
+        size=[crop, crop],
+        random_area=[scale_min, 1.0],
+        random_aspect_ratio=[0.75, 4 / 3],
+        interp_type=types.INTERP_CUBIC,  # scaled/data.py crops with bicubic interpolation
     )
     jitter = fn.random.coin_flip(probability=0.8, dtype=types.BOOL)
     gray = fn.random.coin_flip(probability=0.2, dtype=types.BOOL)
@@ -80,8 +84,8 @@ def _byol_view(jpegs_decoded, *, crop: int, blur_p: float, solarize_p: float):
     if gray:
         images = fn.hsv(images, saturation=0.0)
     if fn.random.coin_flip(probability=blur_p, dtype=types.BOOL):
-        # torchvision's BYOL kernel is 23 px at 224 px crops: ~10% of the side, odd.
-        window = 2 * (crop // 20) + 1
+        # the kernel of scaled/data.py: max(3, (crop // 10) // 2 * 2 + 1), 23 px at 224 px
+        window = max(3, 2 * (crop // 20) + 1)
         images = fn.gaussian_blur(
             images, window_size=window, sigma=fn.random.uniform(range=[0.1, 2.0])
         )
@@ -104,6 +108,7 @@ def byol_dali_pipeline(
     *,
     batch_size: int,
     crop: int = 224,
+    scale_min: float = 0.08,
     num_threads: int = 4,
     device_id: int = 0,
     shard_id: int = 0,
@@ -116,7 +121,8 @@ def byol_dali_pipeline(
     ----------
     data_dir : ImageFolder root (one sub-folder of JPEGs per class), e.g. ``imagenet/train``.
     batch_size : images per GPU per step.
-    crop : output side in pixels.
+    crop : output side in pixels (``--image-size``).
+    scale_min : smallest crop area fraction (``--crop-scale-min``).
     num_threads : CPU threads DALI uses for reading and scheduling (decode runs on the GPU).
     device_id : the CUDA device of this rank (``LOCAL_RANK`` under torchrun).
     shard_id, num_shards : this rank's shard of the file list (``RANK``, ``WORLD_SIZE``).
@@ -136,7 +142,9 @@ def byol_dali_pipeline(
         )
         decoded = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB)
         views = [
-            _byol_view(decoded, crop=crop, blur_p=blur_p, solarize_p=solarize_p)
+            _byol_view(
+                decoded, crop=crop, blur_p=blur_p, solarize_p=solarize_p, scale_min=scale_min
+            )
             for blur_p, solarize_p in BYOL_VIEWS
         ]
         return views[0], views[1], labels.gpu()
@@ -145,9 +153,11 @@ def byol_dali_pipeline(
 
 
 class DaliTwoViewLoader:
-    """Iterate ``((view1, view2), label)`` CUDA tensors from `byol_dali_pipeline`, one epoch per
-    ``iter()``. ``len()`` is the number of full batches of this shard (the last partial batch is
-    dropped, as with ``drop_last=True`` in the torch loader).
+    """Iterate batches from `byol_dali_pipeline` in the torch loader's format, one epoch per
+    ``iter()``: ``(view1, view2, label, index, skipped)``, all CUDA tensors, so the loop of
+    scaled/pretrain.py runs unchanged. ``index`` is -1 (DALI does not report file indices) and
+    ``skipped`` is 0 (DALI stops on an unreadable file instead of skipping it). ``len()`` is the
+    number of full batches of this shard; the last partial batch is dropped.
     """
 
     def __init__(self, data_dir: str | Path, *, batch_size: int, **pipeline_kwargs) -> None:
@@ -167,7 +177,9 @@ class DaliTwoViewLoader:
     def __len__(self) -> int:
         return len(self._iterator)
 
-    def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for batch in self._iterator:
             out = batch[0]
-            yield (out["view1"], out["view2"]), out["label"].squeeze(-1).long()
+            labels = out["label"].squeeze(-1).long()
+            minus_one = torch.full_like(labels, -1)
+            yield out["view1"], out["view2"], labels, minus_one, torch.zeros_like(labels)

@@ -44,7 +44,7 @@ def test_dali_two_views_shapes_and_statistics(tmp_path: Path) -> None:
     assert len(loader) == 4
     batches = list(loader)
     assert len(batches) == 4
-    (x1, x2), y = batches[0]
+    x1, x2, y, index, skipped = batches[0]
     for x in (x1, x2):
         assert x.is_cuda and x.dtype == torch.float32 and x.shape == (4, 3, 64, 64)
         assert torch.isfinite(x).all()
@@ -52,3 +52,4 @@ def test_dali_two_views_shapes_and_statistics(tmp_path: Path) -> None:
         assert x.mean().abs().item() < 3.0
     assert not torch.equal(x1, x2), "the two views must be different augmentations"
     assert y.shape == (4,) and y.dtype == torch.long and set(y.tolist()) <= {0, 1}
+    assert index.shape == skipped.shape == (4,) and int(skipped.sum()) == 0
