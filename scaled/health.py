@@ -183,6 +183,8 @@ class CollapseMonitor:
     def check(self, step: int, metrics: dict) -> str | None:
         """Return a one-line warning if ``metrics["eff_rank"]`` is below the threshold, else None.
 
+        The line has no ``warning:`` prefix; the caller adds its own (``f"warning: {msg}"``).
+
         ``metrics`` is the dict of :func:`representation_health` (or any dict with ``eff_rank``
         and, optionally, ``feature_dim``); without ``eff_rank`` nothing is checked.
         """
@@ -205,7 +207,7 @@ class CollapseMonitor:
         self._checks_since_warning = 0
         of_k = f" of k={k:.0f}" if k is not None else ""
         return (
-            f"warning: step {step}: representation collapsing: effective rank {rank:.2f}{of_k} "
+            f"step {step}: representation collapsing: effective rank {rank:.2f}{of_k} "
             f"is below {limit:.2f} (the features span only ~{max(rank, 1.0):.0f} direction(s), so "
             "they carry almost no information about the input); try an auxiliary EMA of Cbar "
             "(e.g. 0.8), GHA on, or a lower learning rate / longer warm-up"

@@ -8,7 +8,7 @@ top-1 accuracy), and draws one PNG per group of metrics into ``--out``:
     accuracy.png    online-probe / kNN accuracies ("acc", "top1", "top5"), linear-probe results as
                     horizontal lines
     lr.png          learning rate(s) ("lr")
-    throughput.png  images per second ("img_s", "img/s", "throughput")
+    throughput.png  images per second ("img_per_s", "img_s", "img/s", "throughput")
     health.png      feature std, effective rank, Cbar eigenvalues (scaled.health), one panel each
     other.png       every remaining numeric metric, so nothing logged is silently dropped
 
@@ -118,7 +118,7 @@ def _is_lr(name: str) -> bool:
 
 def _is_throughput(name: str) -> bool:
     name = name.lower()
-    return any(t in name for t in ("img_s", "img/s", "images_per_s", "throughput"))
+    return any(t in name for t in ("img_s", "img/s", "img_per_s", "images_per_s", "throughput"))
 
 
 def _is_health(name: str) -> bool:

@@ -27,7 +27,7 @@ def _fake_run(run_dir: Path, n_steps: int = 20, *, seed: int = 0) -> None:
                 {
                     "loss": 2.0 / step + 0.01 * rng.standard_normal(),
                     "lr": 0.1 * min(1.0, step / 5),
-                    "img_s": 800 + 10 * rng.standard_normal(),
+                    "img_per_s": 800 + 10 * rng.standard_normal(),
                     "online_probe_acc": min(60.0, 3.0 * step),
                     "feature_std": 0.08,
                     "eff_rank": 10.0 + step,
