@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,13 @@ def test_write_run_info_records_config_code_and_machine(tmp_path):
     }
     assert info["devices"]["cpu"] and isinstance(info["devices"]["cuda"], list)
     assert info["hostname"] and info["start_time"] and info["command"][0] == sys.executable
-    # The SHA is the checkout's HEAD (this test runs inside the repository).
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    if head:
-        assert info["git"]["sha"] == head
+    # The SHA is a commit of this checkout: HEAD when written, so an ancestor of HEAD now (other
+    # people may commit in between), and a 40-digit hex name.
+    sha = info["git"]["sha"]
+    if (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", sha), sha
+        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", sha, "HEAD"], cwd=REPO)
+        assert ancestor.returncode == 0, f"{sha} is not a commit of this checkout"
         assert isinstance(info["git"]["dirty"], bool)
 
 
