@@ -45,6 +45,7 @@ def test_notebook_runs(path: Path) -> None:
         timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(REPO)}},
     )
+    failure = None
     try:
         with client.setup_kernel(cwd=str(REPO)):
             for index, cell in enumerate(nb.cells):
@@ -53,12 +54,13 @@ def test_notebook_runs(path: Path) -> None:
                 try:
                     client.execute_cell(cell, index)
                 except (CellExecutionError, CellTimeoutError) as err:
-                    pytest.fail(
-                        f"{path.name}: cell {index} ({_first_line(cell.source)!r}) failed:\n{err}",
-                        pytrace=False,
-                    )
+                    where = f"{path.name}: cell {index} ({_first_line(cell.source)!r})"
+                    failure = f"{where} failed:\n{err}"
+                    break
     finally:
         if env_backend is None:
             os.environ.pop("MPLBACKEND", None)
         else:
             os.environ["MPLBACKEND"] = env_backend
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
