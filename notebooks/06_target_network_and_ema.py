@@ -126,7 +126,8 @@ axes[0].set_ylabel("target EMA tau (Eq. 14)")
 axes[0].set_title("1 - mean |cos(f_i, v_i)|, last 500 steps")
 for a in range(len(taus)):
     for b in range(len(grid_betas)):
-        axes[0].text(b, a, f"{error[a, b]:.4f}", ha="center", va="center", color="w")
+        shade = "k" if error[a, b] < error.max() / 2 else "w"  # readable on light and dark
+        axes[0].text(b, a, f"{error[a, b]:.4f}", ha="center", va="center", color=shade)
 fig.colorbar(im, ax=axes[0])
 for tau, beta in [(0.0, 0.0), (0.0, 0.8), (0.99, 0.0), (0.99, 0.8)]:
     axes[1].semilogy(curves[(tau, beta)], label=f"tau = {tau}, beta = {beta}", lw=1)
