@@ -106,18 +106,19 @@ fig.tight_layout()
 # A representation `phi` is a function on the views. The eigenvector `v_i` of `A` is the function
 # `phi_i = v_i / sqrt(w)` (the rows of `F = D^{1/2} phi` are `u_i = sqrt(w_i) phi(i)`, Eq. 3).
 # The first is constant; the next two separate the clusters; later ones vary inside clusters.
+# (Panels: `phi_i = v_i / sqrt(w)` coloured on the points.)
 
 # %%
 phi_eig = V / np.sqrt(w)[:, None]
 assert np.allclose(phi_eig[:, 0] * np.sign(phi_eig[0, 0]), 1.0)  # constant eigenfunction
 
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
+fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
 for i, ax in enumerate(axes):
     vmax = np.abs(phi_eig[:, i]).max()
     sc = ax.scatter(
         *points.T, c=phi_eig[:, i], cmap="coolwarm", vmin=-vmax, vmax=vmax, s=50, ec="k"
     )
-    ax.set_title(f"phi_{i + 1} = v_{i + 1}/sqrt(w), lambda = {lam[i]:.3f}")
+    ax.set_title(f"phi_{i + 1}, lambda_{i + 1} = {lam[i]:.3f}")
     ax.set_xlabel("x_1")
     ax.set_aspect("equal")
     fig.colorbar(sc, ax=ax, shrink=0.8)
