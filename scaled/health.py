@@ -210,5 +210,5 @@ class CollapseMonitor:
             f"step {step}: representation collapsing: effective rank {rank:.2f}{of_k} "
             f"is below {limit:.2f} (the features span only ~{max(rank, 1.0):.0f} direction(s), so "
             "they carry almost no information about the input); try an auxiliary EMA of Cbar "
-            "(e.g. 0.8), GHA on, or a lower learning rate / longer warm-up"
+            "(--beta 0.8), GHA on (--method minc), or a lower --lr / longer --warmup-epochs"
         )
