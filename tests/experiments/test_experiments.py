@@ -1,0 +1,110 @@
+"""Plumbing of scaled/experiments.py: files, keys, seeds and config recorded, finite numbers.
+
+No assertion here says which method wins: any honest outcome must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from scaled import experiments as ex
+
+
+def test_summarise_mean_std_and_values():
+    s = ex.summarise([1.0, 3.0])
+    assert s == {"values": [1.0, 3.0], "mean": 2.0, "std": 1.0}
+    assert math.isnan(ex.summarise([1.0, math.nan])["mean"])
+
+
+@pytest.mark.parametrize(
+    ("alpha", "k", "estimator", "m"),
+    [(2.0, 32, "moment", "m = 2"), (1.5, 32, "moment", "m = 3"), (1.25, 32, "pairwise", "m = 5")],
+)
+def test_alpha_estimator_integer_exponents(alpha, k, estimator, m):
+    est, why = ex.alpha_estimator(alpha, k)
+    assert est == estimator and why.startswith(m)
+
+
+def test_alpha_estimator_non_integer_uses_pairwise_with_max():
+    est, why = ex.alpha_estimator(3.0, 32)
+    assert est == "pairwise" and "max(s, 0)" in why
+
+
+def test_graph_run_metrics_are_finite_and_named():
+    budget = ex.GraphBudget(steps=20)
+    m = ex.graph_run(budget, seed=0, batch_size=32)
+    assert set(m) >= {"subspace_distance", "mean_col_cos", "min_col_cos", "diverged"}
+    assert m["diverged"] == 0.0
+    assert all(math.isfinite(v) for v in m.values())
+    assert 0.0 <= m["mean_col_cos"] <= 1.0 + 1e-12
+
+
+def test_span_distance_defined_for_a_collapsed_table(rng):
+    V = np.linalg.qr(rng.standard_normal((10, 3)))[0]
+    F = np.outer(rng.standard_normal(10), np.ones(3))  # rank one: all columns equal
+    d = ex._span_distance(F, V)
+    assert math.isfinite(d) and d > 0
+
+
+def _fake_result() -> dict:
+    row = ex.Row("graph", {"method": "minc"}, {"subspace_distance": ex.summarise([0.1, 0.3])})
+    return {
+        "experiment": "aux_ema",
+        "command": "python -m scaled.experiments aux_ema",
+        "seeds": [0, 1],
+        "digits_seeds": [0],
+        "config": {"quick": True},
+        "elapsed_seconds": 1.0,
+        "git": {"sha": "abc"},
+        "devices": {"cpu_count": 2, "cpu": "test"},
+        "rows": [row.to_json()],
+    }
+
+
+def test_markdown_table_shows_mean_and_std():
+    table = ex.markdown_tables(_fake_result())
+    assert "| method | subspace_distance |" in table
+    assert "0.200 ± 0.100" in table
+
+
+def test_write_docs_replaces_only_between_markers(tmp_path):
+    (tmp_path / "aux_ema.json").write_text(json.dumps(_fake_result()))
+    docs = tmp_path / "results.md"
+    docs.write_text(f"before\n\n{ex.DOCS_BEGIN}\nold\n{ex.DOCS_END}\nafter\n")
+    ex.write_docs(tmp_path, docs)
+    text = docs.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n")
+    assert "old" not in text and "0.200 ± 0.100" in text
+    ex.write_docs(tmp_path, docs)  # idempotent
+    assert docs.read_text() == text
+
+
+@pytest.mark.parametrize("argv", [["nonsense"], ["alpha", "--seeds", "0"]])
+def test_cli_user_errors_are_one_line(argv, capsys):
+    assert ex.main(argv) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error: ")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_and_png(tmp_path):
+    assert ex.main(["gha_target", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gha_target.json").read_text())
+    assert (tmp_path / "gha_target.png").stat().st_size > 0
+    assert set(result) >= {"experiment", "command", "seeds", "config", "rows", "git", "versions"}
+    assert result["seeds"] == [0] and result["digits_seeds"] == [0]
+    assert result["config"]["quick"] is True
+    assert {"graph", "digits"} <= set(result["config"])
+    problems = {r["problem"] for r in result["rows"]}
+    assert problems == {"graph", "digits"}
+    assert len(result["rows"]) == 8  # 4 cells on each problem
+    for row in result["rows"]:
+        diverged = row["metrics"]["diverged"]["values"]
+        for name, summary in row["metrics"].items():
+            assert len(summary["values"]) == 1
+            for value, bad in zip(summary["values"], diverged):
+                assert bad == 1.0 or math.isfinite(value), (row["setting"], name)
