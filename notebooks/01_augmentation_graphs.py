@@ -24,6 +24,14 @@
 # the top eigenvectors of `A` on the points: those are what the spectral loss, and MINC, learn.
 
 # %%
+# Run from the repository root, also when Jupyter was started inside notebooks/.
+import os
+from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 

@@ -21,6 +21,14 @@
 # minibatch estimators of its negative term (Eq. 21).
 
 # %%
+# Run from the repository root, also when Jupyter was started inside notebooks/.
+import os
+from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 

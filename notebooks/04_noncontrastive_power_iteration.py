@@ -24,6 +24,14 @@
 # fixed points of one step of normalised power iteration (Eq. 10).
 
 # %%
+# Run from the repository root, also when Jupyter was started inside notebooks/.
+import os
+from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 

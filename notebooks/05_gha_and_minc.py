@@ -26,8 +26,14 @@
 # `docs/figures/`.
 
 # %%
+# Run from the repository root, also when Jupyter was started inside notebooks/.
 import os
 from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -25,6 +25,14 @@
 # estimate of `C` for a fixed `phi`, then minibatch MINC training over a grid of `tau` and `beta`.
 
 # %%
+# Run from the repository root, also when Jupyter was started inside notebooks/.
+import os
+from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 

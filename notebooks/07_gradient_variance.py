@@ -32,6 +32,14 @@
 # `fit`); the minibatch losses and their gradients are the project's (`reference.losses`).
 
 # %%
+# Run from the repository root, also when Jupyter was started inside notebooks/.
+import os
+from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
 import matplotlib.pyplot as plt
 import numpy as np
 

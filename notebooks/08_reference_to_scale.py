@@ -21,13 +21,19 @@
 # ImageNet command.
 
 # %%
-import json
+# Run from the repository root, also when Jupyter was started inside notebooks/.
 import os
+from pathlib import Path
+
+if Path.cwd().name == "notebooks":
+    os.chdir(Path.cwd().parent)
+
+# %%
+import json
 import subprocess
 import sys
 import tempfile
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import torch
