@@ -202,6 +202,7 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, capsys):
 
 
 @pytest.mark.distributed
+@pytest.mark.xdist_group("distributed")  # serialised with the other multi-process tests
 def test_batch_not_divisible_by_world_size(tmp_path, image_root):
     """torchrun, 2 gloo ranks, global batch 15: exit 2 with one line, no traceback on any rank.
 
@@ -394,6 +395,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, st
 
 
 @pytest.mark.distributed
+@pytest.mark.xdist_group("distributed")  # serialised with the other multi-process tests
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "targets"),
