@@ -385,7 +385,10 @@ gradient variance (next section), not in cost.
 """
         if not on_gpu:
             notes += (
-                "\nCPU run: B is capped so that the whole benchmark stays within ~2-3 minutes; "
+                "\nCPU run: rows where the three columns sit at the same floor of tens to hundreds "
+                "of ms are per-call overhead and other processes sharing the two cores (load "
+                "average above), not arithmetic; the large-B rows and the slopes carry the signal. "
+                "B is capped so that the whole benchmark stays within ~2-3 minutes; "
                 "the GPU command (B up to 65536) is `python -m scaled.bench losses --device cuda "
                 "--write-docs` (not run: no GPU was lent to this project's sessions).\n"
             )
@@ -899,10 +902,12 @@ Synthetic data (random tensors, no loader), median of {reps} interleaved steps a
 `ssl_loss` (target forward of both views, `C_batch` and the `Cbar` EMA for MINC, the loss), the
 backward, the optimizer step (LARS) and the target EMA (Eq. 14). "supervised" is one view through
 the same backbone with a 1000-class linear head, cross entropy, SGD. By operation count an SSL
-step is about 2.7x a supervised one (two views forward + backward, two target forwards: 8 vs 3
-forward-equivalents). "loss + statistics" is `ssl_loss` alone on fixed projector outputs (target
-forward replaced by cached features), "target EMA" is `update_target`, each timed on its own and
-given as a share of the step. Targets on a GPU at B 256, k 256: loss + statistics < 3%, EMA < 2%.
+step with a target network (minc, byol) is about 2.7x a supervised one (two views forward +
+backward, two target forwards: 8 vs 3 forward-equivalents); spectral and simclr have no target
+network (6 vs 3: about 2x); byol adds an MLP predictor. "loss + statistics" is `ssl_loss` alone
+on fixed projector outputs (target forward replaced by cached features), "target EMA" is
+`update_target`, each timed on its own and given as a share of the step. Targets on a GPU at
+B 256, k 256: loss + statistics < 3%, EMA < 2%.
 """
         if not cuda:
             notes += """
