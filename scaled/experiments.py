@@ -20,6 +20,14 @@ mean +- std over seeds. ``--write-docs`` regenerates the section of ``docs/resul
 the ``experiments`` markers from the JSON files (tables are never typed in).
 
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
+
+Budget (measured on the 2-core development machine while several other jobs shared it, so
+these are upper bounds): ``all`` about 35-40 min (graph: 3 seeds x 1000 steps per setting;
+digits: 1 seed x 10 optimiser steps per setting, because one digits run costs about a minute
+there, most of it fixed start-up and probe cost); ``gha_target --quick`` about 5 min under
+that load (1-2 min on an idle machine). The digits side is therefore far too short to
+reproduce image-level claims: it checks that every method runs through the real trainer and
+gives the floor (random init) to compare with. ``--digits-seeds N`` buys more seeds.
 """
 
 from __future__ import annotations
@@ -369,7 +377,10 @@ def digits_run(budget: DigitsBudget, seed: int, *, random_init: bool = False, **
         train_s = time.perf_counter() - t0
         if model is None:
             return {"probe_top1": math.nan, "effective_rank": math.nan, "diverged": 1.0}
-        return {**_probe(model, cfg, budget), "diverged": 0.0, "train_seconds": train_s}
+        metrics = _probe(model, cfg, budget)
+        # a finite loss with non-finite projector outputs is a divergence too
+        diverged = float(not math.isfinite(metrics["effective_rank"]))
+        return {**metrics, "diverged": diverged, "train_seconds": train_s}
 
 
 # --------------------------------------------------------------------------------------------
