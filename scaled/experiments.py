@@ -21,13 +21,11 @@ the ``experiments`` markers from the JSON files (tables are never typed in).
 
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
-Budget (measured on the 2-core development machine while several other jobs shared it, so
-these are upper bounds): ``all`` about 35-40 min (graph: 3 seeds x 1000 steps per setting;
-digits: 1 seed x 10 optimiser steps per setting, because one digits run costs about a minute
-there, most of it fixed start-up and probe cost); ``gha_target --quick`` about 5 min under
-that load (1-2 min on an idle machine). The digits side is therefore far too short to
-reproduce image-level claims: it checks that every method runs through the real trainer and
-gives the floor (random init) to compare with. ``--digits-seeds N`` buys more seeds.
+Budget (2-core development machine): ``all`` about 40 min (graph: 3 seeds x 1000 steps per
+setting; digits: 1 seed x 120 optimiser steps of batch 256 per setting with the ``demo``
+preset's recipe, about a minute a run). 120 steps is 40% of the demo's budget: the digits side
+compares methods early in training, with the untrained encoder (random init) as the floor.
+``--digits-seeds N`` buys more seeds.
 """
 
 from __future__ import annotations
@@ -253,21 +251,24 @@ def graph_run(
 
 @dataclass(frozen=True)
 class DigitsBudget:
-    """Model size and step budget of the digits problem (preset ``demo``, made smaller)."""
+    """Model size and step budget of the digits problem: preset ``demo`` (its optimiser, lr,
+    feature normalisation, width and projector) with fewer steps per run."""
 
-    steps: int = 10
-    batch_size: int = 32
-    width: int = 4
-    proj_hidden: int = 128
-    proj_out: int = 32
-    lr: float = 0.3
+    steps: int = 120
+    batch_size: int = 256
     probe_train: int = 2000
     probe_test: int = 1000
     probe_epochs: int = 30
 
     def to_json(self) -> dict[str, Any]:
+        from scaled.config import demo
+
         d = dict(self.__dict__)
-        d["preset"] = "demo (small_resnet, 1 block per stage, LARS, BYOL-style augmentations)"
+        preset = demo()
+        d["preset"] = (
+            f"demo: small_resnet width {preset.width}, {preset.optimizer} lr {preset.lr}, "
+            f"feature_norm {preset.feature_norm}, projector {preset.proj_hidden}->{preset.proj_out}"
+        )
         d["probe"] = (
             "scaled.linear_eval fast mode (extract_features + evaluate_features) on the frozen "
             f"backbone: {self.probe_train} train / {self.probe_test} held-out digits"
@@ -298,11 +299,6 @@ def digits_config(budget: DigitsBudget, seed: int, output_dir: str, **overrides:
         epochs=epochs,
         max_steps=budget.steps,
         warmup_epochs=0.1 * epochs,
-        width=budget.width,
-        proj_hidden=budget.proj_hidden,
-        proj_out=budget.proj_out,
-        pred_hidden=budget.proj_hidden,
-        lr=budget.lr,
         online_probe=False,
         log_every=max(1, budget.steps),
         **overrides,
@@ -438,12 +434,12 @@ def batch_size_experiment(budget: Budget) -> list[Row]:
     """MINC vs the pairwise spectral loss at several batch sizes, same number of steps.
 
     Graph: B in {32, 64, 128, 256, 512}, 1000 steps, 3 seeds (about 5 min on 2 shared cores;
-    the pairwise B x B term dominates at B = 512). Digits: B in {32, 64}, 10 steps each, 1 seed
+    the pairwise B x B term dominates at B = 512). Digits: B in {64, 256}, 120 steps each, 1 seed
     (about 4 min). The paper's claim: MINC beats spectral at every batch size, and its advantage
     comes from the lower variance of the non-contrastive estimator.
     """
     sizes = (32, 128) if budget.quick else (32, 64, 128, 256, 512)
-    digit_sizes = (32,) if budget.quick else (32, 64)
+    digit_sizes = (32,) if budget.quick else (64, 256)
     settings = [{"method": m, "batch_size": b} for m in ("minc", "spectral") for b in sizes]
     return _sweep(
         budget,
@@ -477,7 +473,7 @@ def alpha_experiment(budget: Budget) -> list[Row]:
     """The alpha family (Eq. 18, 21) at aux EMA 0 on the digits, alpha in {1.25, 1.5, 2, 3}.
 
     Digits only: on a graph the optimum of alpha != 2 is not the spectral embedding, so there is
-    no closed form to measure against. 4 runs, 10 steps each (about 4 min on 2 shared cores).
+    no closed form to measure against. 4 runs, 120 steps each (about 5 min on 2 cores).
     Paper (Fig. 1): alpha = 2 best, 1.5 close, 1.25 and 3 much worse.
     """
     alphas = (1.5, 2.0) if budget.quick else (1.25, 1.5, 2.0, 3.0)
@@ -499,7 +495,7 @@ def gha_target_experiment(budget: Budget) -> list[Row]:
 
     Graph: MINC table, tau = 0.99 (on) or 0 (off), 3 seeds, 1000 steps (about 1 min). Digits:
     ``--method minc`` / ``noncontrastive`` x ``--target-network`` / ``--no-target-network``,
-    10 steps each (about 4 min). Collapse shows as a low effective rank; on the graph without GHA
+    120 steps each (about 5 min). Collapse shows as a low effective rank; on the graph without GHA
     the span may be right while the ordered columns are not (Eq. 13).
     """
     settings = [{"gha": g, "target": t} for g in (True, False) for t in (True, False)]
@@ -523,7 +519,7 @@ def gha_target_experiment(budget: Budget) -> list[Row]:
 def aux_ema_experiment(budget: Budget) -> list[Row]:
     """MINC with auxiliary EMA beta in {0, 0.5, 0.8, 0.9, 0.99} (Eq. 15, Fig. 3).
 
-    Graph: 3 seeds, 1000 steps (about 1 min). Digits: 10 steps each (about 5 min). Paper: any
+    Graph: 3 seeds, 1000 steps (about 1 min). Digits: 120 steps each (about 6 min). Paper: any
     beta > 0 beats 0, 0.8 best.
     """
     betas = (0.0, 0.8) if budget.quick else (0.0, 0.5, 0.8, 0.9, 0.99)
@@ -539,7 +535,7 @@ def aux_ema_experiment(budget: Budget) -> list[Row]:
 def baselines_experiment(budget: Budget) -> list[Row]:
     """SimCLR, BYOL (MLP predictor), Linear BYOL and MINC on the digits, same steps and batch.
 
-    Plus the untrained encoder (random init) as the floor. 5 runs of 10 steps (about 5 min).
+    Plus the untrained encoder (random init) as the floor. 5 runs of 120 steps (about 5 min).
     Paper: MINC beats SimCLR and is competitive with Linear BYOL.
     """
     methods = (

@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         data=cfg.data_dir or "embedded digits",
         seconds=round(time.perf_counter() - t0, 2),
     )
-    out = Path(args.output) if args.output else path.with_suffix(".linear_eval.json")
+    suffix = ".random_init.linear_eval.json" if args.random_init else ".linear_eval.json"
+    out = Path(args.output) if args.output else path.with_suffix(suffix)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0

@@ -386,3 +386,16 @@ def byol_loss_batch(p1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         p1, z2 = _wide(p1, z2)
         cos = torch.sum(nnf.normalize(p1, dim=1) * nnf.normalize(z2.detach(), dim=1), dim=1)
         return torch.mean(2.0 - 2.0 * cos)
+
+
+def normalized_features(z: torch.Tensor, mu: float) -> torch.Tensor:
+    """Row-wise ``sqrt(mu) z / |z|`` (Eq. 23, choice C12): features on a sphere of radius sqrt(mu).
+
+    On a network the output scale is a free direction of Eq. 19-21 that gradient steps can
+    overshoot (the restoring term is cubic in the scale); on the digits raw projector outputs
+    diverged or collapsed. HaoChen et al. (2021) train the spectral loss on normalised features
+    for this reason. With ``mu`` the trace of ``C`` is exactly ``mu``. Computed in float32
+    (float64 stays float64).
+    """
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    return nnf.normalize(z.to(dtype), dim=1) * math.sqrt(mu)

@@ -57,6 +57,7 @@ from scaled.losses import (
     alpha_loss_batch,
     byol_loss_batch,
     minc_loss_batch,
+    normalized_features,
     simclr_loss_batch,
     spectral_loss_batch,
 )
@@ -110,12 +111,20 @@ def ssl_loss(
     `out` is the online network's output (z: projector, p: predictor, identity by default C3).
     """
     p1, p2 = out["p1"], out["p2"]
+    if cfg.feature_norm > 0 and cfg.method not in ("byol", "simclr"):
+        p1, p2 = (
+            normalized_features(p1, cfg.feature_norm),
+            normalized_features(p2, cfg.feature_norm),
+        )
     if cfg.method in ("minc", "noncontrastive", "byol"):
         with torch.no_grad():
             if model.target is not None:
                 t1, t2 = model.target(x1), model.target(x2)
             else:  # no target network: phibar = sg(phi) (Eq. 12 defaults)
                 t1, t2 = out["z1"].detach(), out["z2"].detach()
+            if cfg.feature_norm > 0 and cfg.method != "byol":
+                t1 = normalized_features(t1, cfg.feature_norm)
+                t2 = normalized_features(t2, cfg.feature_norm)
         if cfg.method == "byol":
             return byol_loss_batch(p1, t2) + byol_loss_batch(p2, t1)
         with torch.no_grad():
@@ -178,9 +187,44 @@ def _run_metadata() -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- training
 
 
+def check_batch_divisible(cfg: PretrainConfig, world: int) -> None:
+    """The global batch must split evenly over ranks and accumulation steps."""
+    if cfg.batch_size % (world * cfg.accum_steps):
+        m = world * cfg.accum_steps
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is not divisible by world size {world} x "
+            f"--accum-steps {cfg.accum_steps}; pass a multiple of {m}"
+        )
+
+
+def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, local_rank: int):
+    """`--loader dali`: the GPU pipeline of scaled/dali_loader.py, or a one-line UserError."""
+    from scaled.dali_loader import DaliTwoViewLoader, DaliUnavailableError
+
+    if not cfg.data_dir:
+        raise UserError("--loader dali needs an ImageFolder --data-dir; use --loader torch")
+    try:
+        return DaliTwoViewLoader(
+            Path(cfg.data_dir) / "train",
+            batch_size=micro,
+            crop=cfg.image_size,
+            scale_min=cfg.crop_scale_min,
+            num_threads=max(cfg.num_workers, 1),
+            device_id=local_rank,
+            shard_id=rank,
+            num_shards=world,
+            seed=cfg.seed + rank,
+        )
+    except DaliUnavailableError as err:
+        raise UserError(str(err)) from None
+
+
 def train(cfg: PretrainConfig) -> int:
     """Run pretraining with `cfg`; returns the exit status (0) or raises RunError/UserError."""
     device_type = resolve_device(cfg)
+    # Checked before the process group exists, so every rank fails alike with one line instead
+    # of a peer crashing inside init_process_group after rank 0 has left.
+    check_batch_divisible(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         if device_type == "cpu":  # gloo for CPU tensors even on a machine with GPUs
             dist.init_process_group(backend="gloo")
@@ -189,12 +233,7 @@ def train(cfg: PretrainConfig) -> int:
         device = torch.device("cpu")
     cuda = device.type == "cuda"
     main = rank == 0
-    if cfg.batch_size % (world * cfg.accum_steps):
-        m = world * cfg.accum_steps
-        raise UserError(
-            f"--batch-size {cfg.batch_size} is not divisible by world size {world} x "
-            f"--accum-steps {cfg.accum_steps}; pass a multiple of {m}"
-        )
+    check_batch_divisible(cfg, world)
     micro = cfg.batch_size // (world * cfg.accum_steps)
     control = None
     if world > 1 and dist.get_backend() != "gloo":
@@ -206,12 +245,18 @@ def train(cfg: PretrainConfig) -> int:
     dataset, in_channels, num_classes = pretrain_dataset(cfg)
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
+    dali = build_dali_loader(cfg, micro, rank, world, local_rank) if cfg.loader == "dali" else None
+    if dali is not None:  # DALI shards its own file list
+        steps_per_epoch = len(dali) // cfg.accum_steps
     total_steps = cfg.epochs * steps_per_epoch
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
     model = SSLModel(cfg, in_channels, num_classes)
-    if cfg.sync_bn and world > 1:
+    if cfg.sync_bn and world > 1 and not cuda:
+        if main:
+            print("warning: --sync-bn ignored on CPU (no CPU kernel)", file=sys.stderr)
+    elif cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if (cuda and cfg.channels_last) else torch.preserve_format
     model.to(device, memory_format=memory_format)
@@ -302,7 +347,7 @@ def train(cfg: PretrainConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, _on_preempt_signal)
 
-    loader = DataLoader(
+    loader = dali or DataLoader(
         dataset,
         batch_size=micro,
         sampler=sampler,
@@ -448,7 +493,7 @@ def train(cfg: PretrainConfig) -> int:
                             loss = loss * float("nan")
                         scaler.scale(total / cfg.accum_steps).backward()
                     acc["loss"] += loss.detach().float() / cfg.accum_steps
-                    acc["skipped"] += skipped.sum().to(device)
+                    acc["skipped"] += skipped.to(device, non_blocking=True).sum()
                     bad = ~torch.isfinite(loss.detach())
                     bad_step.copy_(torch.where(bad & (bad_step == 0), step + 1, bad_step))
                 scaler.step(optimizer)
