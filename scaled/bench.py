@@ -833,6 +833,12 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
             t_step = float(np.median(times[m]))
             t_loss = float(np.median(time_calls(fns[m]["loss"], device, reps=max(reps, 5))))
             t_ema = float(np.median(time_calls(fns[m]["ema"], device, reps=max(reps, 5))))
+            peak_gib = None
+            if cuda:  # memory per GPU at this batch: one more step after resetting the peak
+                torch.cuda.reset_peak_memory_stats(device)
+                fns[m]["step"]()
+                synchronize(device)
+                peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
             rows.append(
                 {
                     "arch": arch,
@@ -847,6 +853,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
                     "loss_stats_pct": 100 * t_loss / t_step,
                     "ema_pct": 100 * t_ema / t_step,
                     "img_per_s": B / t_step,
+                    "peak_memory_gib": peak_gib,
                 }
             )
             print(f"  {arch} {m}: step {t_step * 1e3:.1f} ms, supervised {t_sup * 1e3:.1f} ms")
@@ -863,6 +870,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
             "loss + statistics (% of step)",
             "target EMA (% of step)",
             "images/s",
+            "peak GPU memory (GiB)",
         ],
         [
             [
@@ -876,6 +884,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
                 f"{r['loss_stats_pct']:.2f}",
                 f"{r['ema_pct']:.2f}",
                 f"{r['img_per_s']:.1f}",
+                "—" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
             ]
             for r in rows
         ],
