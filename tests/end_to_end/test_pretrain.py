@@ -135,3 +135,17 @@ def test_script_path_runs_as_a_file(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown preset")
+
+
+@pytest.mark.distributed
+def test_resume_with_a_changed_world_size_says_what_changed(tmp_path):
+    run = tmp_path / "run"
+    common = [*TINY, "--checkpoint-every", "0", "--output-dir", str(run)]
+    assert main([*common, "--max-steps", "2"]) == 0
+    proc = torchrun(["scaled/pretrain.py", *common, "--max-steps", "4", "--resume", "auto"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 1 -> 2" in proc.stderr
+    last = load_checkpoint(list_checkpoints(run)[-1])
+    assert last["step"] == 4 and last["world_size"] == 2
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == [1, 2, 3, 4], "the resumed run continues the metrics log where it stopped"
