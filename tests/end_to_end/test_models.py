@@ -59,7 +59,7 @@ def test_schedules():
 
 
 def test_lars_skips_biases_and_norms_and_matches_formula():
-    cfg = replace(demo(), width=8, proj_hidden=16, proj_out=8, weight_decay=0.1)
+    cfg = replace(demo(), width=8, proj_hidden=16, proj_out=8, weight_decay=0.1, optimizer="lars")
     model = SSLModel(cfg, 1, 10)
     opt = build_optimizer(model.online, cfg)
     assert isinstance(opt, LARS)
