@@ -44,7 +44,7 @@ bench: $(STAMP) ## CPU benchmarks (losses, step, loader); tables into docs/resul
 notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/[0-9]*.py
 
-experiments: $(STAMP) ## the paper's ablations at CPU scale (about 30 minutes); results into docs/results/
+experiments: $(STAMP) ## the paper's ablations at CPU scale (about 40 minutes); results into docs/results/
 	$(PY) -m scaled.experiments all
 
 clean: ## remove runs/ and caches (keeps .venv)

@@ -477,7 +477,9 @@ def alpha_experiment(budget: Budget) -> list[Row]:
     Paper (Fig. 1): alpha = 2 best, 1.5 close, 1.25 and 3 much worse.
     """
     alphas = (1.5, 2.0) if budget.quick else (1.25, 1.5, 2.0, 3.0)
-    k = budget.digits.proj_out
+    from scaled.config import demo
+
+    k = demo().proj_out  # the digits runs use the demo preset's projector
     settings = []
     for a in alphas:
         est, why = alpha_estimator(a, k)
