@@ -108,3 +108,29 @@ def test_quick_run_writes_json_and_png(tmp_path):
             assert len(summary["values"]) == 1
             for value, bad in zip(summary["values"], diverged):
                 assert bad == 1.0 or math.isfinite(value), (row["setting"], name)
+
+
+def test_every_full_budget_setting_builds_a_valid_config(monkeypatch, tmp_path):
+    """Each experiment's full-budget settings reach a valid trainer config (no training run).
+
+    The runs are replaced by stubs that build the real `PretrainConfig` (validated) and return
+    placeholder metrics, so a setting the trainer would reject fails here in a second.
+    """
+    from scaled import experiments as ex
+
+    built = []
+
+    def fake_digits_run(budget, seed, *, random_init=False, **overrides):
+        built.append(ex.digits_config(budget, seed, str(tmp_path), **overrides))
+        return {"probe_top1": 0.5, "knn_top1": 0.5, "effective_rank": 1.0, "diverged": 0.0}
+
+    def fake_graph_run(budget, seed, **kwargs):
+        return {"subspace_distance": 0.1, "mean_col_cos": 0.9, "effective_rank": 1.0}
+
+    monkeypatch.setattr(ex, "digits_run", fake_digits_run)
+    monkeypatch.setattr(ex, "graph_run", fake_graph_run)
+    budget = ex.make_budget(quick=False, seeds=1, digits_seeds=1)
+    for name in ex.EXPERIMENT_NAMES:
+        rows = ex.EXPERIMENTS[name](budget)
+        assert rows, name
+    assert {c.method for c in built} >= {"minc", "spectral", "alpha", "simclr", "byol"}
