@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project with its dev tools (automatic)
 
 demo: $(STAMP) ## pretrain MINC on the embedded digits (2 CPU processes), then probe; prints a table
-	$(PY) -m scaled.demo --output-dir $(RUN)
+	$(PY) -m scaled.tools.demo --output-dir $(RUN)
 
 test: $(STAMP) lint ## lint, then every test (slow, distributed and notebook tests included)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
@@ -39,13 +39,13 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP) ## CPU benchmarks (losses, step, loader); tables into docs/results.md
-	$(PY) -m scaled.bench all --write-docs
+	$(PY) -m scaled.tools.bench all --write-docs
 
 notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/[0-9]*.py
 
 experiments: $(STAMP) ## the paper's ablations at CPU scale (about 40 minutes); results into docs/results/
-	$(PY) -m scaled.experiments all
+	$(PY) -m scaled.tools.experiments all
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,6 +1,6 @@
 """The demo's verdict compares the pretrained row with the two baselines, not with itself."""
 
-from scaled.demo import beats_baselines, format_table
+from scaled.tools.demo import beats_baselines, format_table
 
 
 def _rows(ours: float, random_init: float, pixels: float) -> dict[str, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""Plumbing of scaled/experiments.py: files, keys, seeds and config recorded, finite numbers.
+"""Plumbing of scaled/tools/experiments.py: files, keys, seeds and config recorded, finite numbers.
 
 No assertion here says which method wins: any honest outcome must pass.
 """
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from scaled import experiments as ex
+from scaled.tools import experiments as ex
 
 
 def test_summarise_mean_std_and_values():
@@ -116,7 +116,7 @@ def test_every_full_budget_setting_builds_a_valid_config(monkeypatch, tmp_path):
     The runs are replaced by stubs that build the real `PretrainConfig` (validated) and return
     placeholder metrics, so a setting the trainer would reject fails here in a second.
     """
-    from scaled import experiments as ex
+    from scaled.tools import experiments as ex
 
     built = []
 

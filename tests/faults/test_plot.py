@@ -1,4 +1,4 @@
-"""Unit tests of scaled.plot: reading metrics.jsonl, the PNGs, the command line's errors."""
+"""Unit tests of scaled.tools.plot: reading metrics.jsonl, the PNGs, the command line's errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from scaled.plot import main, plot_runs, read_metrics, read_probe_results
+from scaled.tools.plot import main, plot_runs, read_metrics, read_probe_results
 from scaled.runlog import RunLogger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def test_cli_errors_are_one_line(tmp_path, case):
     if case == "empty":
         (run / "metrics.jsonl").write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "scaled.plot", str(run)],
+        [sys.executable, "-m", "scaled.tools.plot", str(run)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Smoke tests of `python -m scaled.bench`: it runs and writes its JSON (no timing assertions)."""
+"""Smoke tests of `python -m scaled.tools.bench`: it runs and writes its JSON (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scaled import bench
+from scaled.tools.bench import cli as bench
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_losses_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "scaled.bench", "losses", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "scaled.tools.bench", "losses", "--quick", "--out", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -39,7 +39,7 @@ def test_losses_quick_writes_json(tmp_path: Path) -> None:
 
 def test_bad_argument_is_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "scaled.bench", "losses", "--widths", "abc", "--out", str(tmp_path)],
+        [sys.executable, "-m", "scaled.tools.bench", "losses", "--widths", "abc", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

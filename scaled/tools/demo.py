@@ -32,7 +32,7 @@ from scaled.linear_eval import (
     resolve_checkpoint,
 )
 
-PRETRAIN = Path(__file__).resolve().parent / "pretrain.py"
+PRETRAIN = Path(__file__).resolve().parents[1] / "pretrain.py"
 
 
 def run_pretraining(run_dir: Path, nproc: int, extra: list[str]) -> int:
@@ -86,7 +86,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 def write_docs_section(table: str, result: dict, argv: list[str] | None) -> None:
     """Replace the demo section of docs/results.md with this run's table and timings."""
-    from scaled.bench import replace_docs_section
+    from scaled.tools.bench.cli import replace_docs_section
     from scaled.runlog import device_names, git_state
 
     args = " ".join(sys.argv[1:] if argv is None else argv)
@@ -95,7 +95,7 @@ def write_docs_section(table: str, result: dict, argv: list[str] | None) -> None
         [
             "### The demo (`make demo`)",
             "",
-            f"Command: `python -m scaled.demo {args}` (what `make demo` runs)  ",
+            f"Command: `python -m scaled.tools.demo {args}` (what `make demo` runs)  ",
             f"Measured on: {devices.get('cpu')} ({devices.get('cpu_count')} cores), "
             f"git {git_state().get('sha', 'unknown')[:7]}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
@@ -122,9 +122,9 @@ def beats_baselines(rows: dict[str, dict[str, float]]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m scaled.demo` (`make demo`)."""
+    """Entry point of `python -m scaled.tools.demo` (`make demo`)."""
     parser = argparse.ArgumentParser(
-        prog="python -m scaled.demo",
+        prog="python -m scaled.tools.demo",
         description="Pretrain MINC on the embedded MNIST digits (2 CPU processes), then compare "
         "linear probes: pretrained vs random-init encoder vs raw pixels. Extra options after "
         "`--` go to pretrain.py (e.g. -- --epochs 4 --seed 1).",

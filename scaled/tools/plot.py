@@ -1,4 +1,4 @@
-"""Curves of one or several runs: ``python -m scaled.plot RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""Curves of one or several runs: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--out DIR]``.
 
 Reads each run's ``metrics.jsonl`` (written by :class:`scaled.runlog.RunLogger`) and, if present,
 its linear-probe results (``*.json`` files with ``probe`` or ``linear_eval`` in their name holding a
@@ -295,9 +295,9 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m scaled.plot RUN_DIR [RUN_DIR ...] [--out DIR]``."""
+    """Command line: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--out DIR]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m scaled.plot",
+        prog="python -m scaled.tools.plot",
         description="Plot loss, probe accuracy, lr, throughput and health curves of training runs.",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")

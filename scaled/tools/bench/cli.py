@@ -1,4 +1,4 @@
-"""Throughput, loss-cost and gradient-variance benchmarks: ``python -m scaled.bench SUBCOMMAND``.
+"""Throughput, loss-cost and gradient-variance benchmarks: ``python -m scaled.tools.bench SUBCOMMAND``.
 
 Subcommands (each measures everything it compares side by side in one run, prints a table, writes
 ``OUT/<name>.json`` with the device, versions and threads, and with ``--write-docs`` replaces its
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
 SCALING_MD = REPO_ROOT / "docs" / "scaling.md"
 FIGURES_DIR = REPO_ROOT / "docs" / "bench"
@@ -129,7 +129,7 @@ def replace_docs_section(name: str, body: str, path: Path = RESULTS_MD) -> None:
 
 def command_line() -> str:
     """The command that is running, as a user would type it."""
-    return "python -m scaled.bench " + " ".join(sys.argv[1:])
+    return "python -m scaled.tools.bench " + " ".join(sys.argv[1:])
 
 
 def docs_body(title: str, env: dict[str, Any], table: str, notes: str, figure: str | None) -> str:
@@ -389,7 +389,7 @@ gradient variance (next section), not in cost.
                 "of ms are per-call overhead and other processes sharing the two cores (load "
                 "average above), not arithmetic; the large-B rows and the slopes carry the signal. "
                 "B is capped so that the whole benchmark stays within ~2-3 minutes; "
-                "the GPU command (B up to 65536) is `python -m scaled.bench losses --device cuda "
+                "the GPU command (B up to 65536) is `python -m scaled.tools.bench losses --device cuda "
                 "--write-docs` (not run: no GPU was lent to this project's sessions).\n"
             )
         replace_docs_section(
@@ -922,7 +922,7 @@ B 256, k 256: loss + statistics < 3%, EMA < 2%.
             notes += """
 **CPU run**: a small backbone and batch so that it finishes fast (above); no bf16 or
 channels_last. The GPU figures come from
-`python -m scaled.bench step --device cuda --write-docs` (ResNet-50 1x and 2x at 224 px, B 256,
+`python -m scaled.tools.bench step --device cuda --write-docs` (ResNet-50 1x and 2x at 224 px, B 256,
 bf16 autocast + channels_last; add `--compile`), not run: no GPU was lent to this project's
 sessions.
 """
@@ -1104,9 +1104,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m scaled.bench` argument parser."""
+    """The `python -m scaled.tools.bench` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m scaled.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m scaled.tools.bench", description=__doc__.split("\n\n")[0]
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, default=Path("runs/bench"), help="JSON/PNG folder")
@@ -1200,7 +1200,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m scaled.bench`."""
+    """Entry point of `python -m scaled.tools.bench`."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,1 @@
+"""Throughput, loss-cost and gradient-variance benchmarks: ``python -m scaled.tools.bench``."""
