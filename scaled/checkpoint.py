@@ -133,3 +133,105 @@ def _to_lists(x):
 
 def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, (tuple, list)) else x
+
+
+# --------------------------------------------------------------------------- the schema
+# One place writes, restores and loads checkpoints: pretrain.py (`training_state`, `restore`),
+# linear_eval.py and the tools (`load_model`). Version 2 adds `in_channels`, `num_classes` and
+# `arch` so evaluation never guesses them; version-1 files (no "schema" key) still load.
+SCHEMA_VERSION = 2
+
+
+def training_state(run) -> dict:
+    """Everything a resumed run needs, from a `scaled.pretrain.RunState` (C5: Cbar included).
+
+    Only tensors and primitives, so `load_checkpoint` reads it with `weights_only=True`.
+    """
+    from scaled.config import config_to_dict
+    from scaled.runlog import git_state, package_versions
+
+    spe = run.steps_per_epoch
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "step": run.step,
+        "epoch": run.step // spe,
+        "step_in_epoch": run.step % spe,
+        "samples_seen_in_epoch": (run.step % spe) * run.cfg.batch_size,
+        "world_size": run.world,
+        "rng": rng_state(),
+        "config": config_to_dict(run.cfg),
+        "arch": run.cfg.arch,
+        "in_channels": run.in_channels,
+        "num_classes": run.num_classes,
+        "git_sha": str(git_state().get("sha")),
+        "versions": package_versions(),
+    }
+
+
+def checkpoint_shapes(ckpt: dict) -> tuple[int, int]:
+    """(in_channels, num_classes) of a checkpoint; read from the weights for version-1 files."""
+    if "in_channels" in ckpt and "num_classes" in ckpt:
+        return int(ckpt["in_channels"]), int(ckpt["num_classes"])
+    weights = ckpt["model"]
+    in_channels = int(weights["online.backbone.conv1.weight"].shape[1])
+    probe = weights.get("online.probe.weight")
+    return in_channels, int(probe.shape[0]) if probe is not None else 10
+
+
+def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
+    """Load `ckpt` into `run` (weights, optimiser, schedules, RNG, step); UserError on mismatch."""
+    from scaled.config import UserError
+
+    try:
+        run.model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        old = ckpt.get("config", {})
+        diff = [
+            f"{k} {old.get(k)!r} -> {getattr(run.cfg, k)!r}"
+            for k in ("method", "arch", "width", "proj_out", "proj_hidden", "predictor")
+            if k in old and old[k] != getattr(run.cfg, k)
+        ]
+        in_ch, n_cls = checkpoint_shapes(ckpt)
+        if (in_ch, n_cls) != (run.in_channels, run.num_classes):
+            diff.append(
+                f"data (channels, classes) {(in_ch, n_cls)} -> {(run.in_channels, run.num_classes)}"
+            )
+        what = ", ".join(diff) or str(err).splitlines()[0]
+        raise UserError(
+            f"checkpoint {path} was written by a different model ({what}); resume with the "
+            "original options or pass a new --output-dir to start a new run"
+        ) from None
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    run.step = int(ckpt["step"])
+
+
+def load_model(path: str | os.PathLike, *, random_init: bool = False):
+    """(config, `SSLModel` with the checkpoint's weights, checkpoint) for evaluation.
+
+    `random_init`: the same network with fresh weights (seeded by the run's seed), a baseline.
+    Raises UserError when `path` is not a readable pretrain.py checkpoint.
+    """
+    from scaled.config import UserError, config_from_dict
+    from scaled.model import SSLModel
+
+    try:
+        ckpt = load_checkpoint(path)
+        cfg = config_from_dict(ckpt["config"])
+        in_channels, num_classes = checkpoint_shapes(ckpt)
+    except Exception as err:  # any failure: not a checkpoint we can use
+        raise UserError(
+            f"checkpoint {path} is unreadable or not a pretrain.py checkpoint "
+            f"({type(err).__name__}); pass a ckpt_*.pt file that pretrain.py wrote"
+        ) from None
+    torch.manual_seed(cfg.seed)
+    model = SSLModel(cfg, in_channels, num_classes)
+    if not random_init:
+        model.load_state_dict(ckpt["model"])
+    return cfg, model, ckpt

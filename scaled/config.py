@@ -16,7 +16,40 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 
-METHODS = ("minc", "spectral", "noncontrastive", "alpha", "simclr", "byol")
+
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the trainer does for one method: one row of `METHOD_TABLE`.
+
+    phibar        the loss compares each view with stop-gradient features of the other view
+    ema_target    phibar comes from an EMA target network (Eq. 14) when `--target-network`;
+                  False: phibar = sg(phi) always (Eq. 12 defaults)
+    cbar          the k x k second-moment EMA `Cbar` is kept and used (Eq. 15)
+    gha           the lower-triangular Generalized Hebbian ordering (Eq. 16, 20)
+    feature_norm  `--feature-norm` applies to the features the loss sees (Eq. 23, C12)
+    predictor     the predictor that `--predictor auto` means (C3)
+    """
+
+    phibar: bool
+    ema_target: bool
+    cbar: bool
+    gha: bool
+    feature_norm: bool
+    predictor: str
+
+
+METHOD_TABLE: dict[str, MethodTraits] = {
+    # fmt: off
+    #                               phibar ema_target cbar   gha    feature_norm predictor
+    "minc": MethodTraits(True, True, True, True, True, "none"),
+    "noncontrastive": MethodTraits(True, True, True, False, True, "none"),
+    "spectral": MethodTraits(False, False, False, False, True, "none"),
+    "alpha": MethodTraits(False, False, False, False, True, "none"),
+    "simclr": MethodTraits(False, False, False, False, False, "none"),
+    "byol": MethodTraits(True, True, False, False, False, "mlp"),
+    # fmt: on
+}
+METHODS = tuple(METHOD_TABLE)
 ARCHS = ("resnet50", "resnet50x2", "resnet18", "small_resnet")
 PREDICTORS = ("auto", "none", "linear", "mlp")
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -293,11 +326,20 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def traits(cfg: PretrainConfig) -> MethodTraits:
+    """The `METHOD_TABLE` row of `cfg.method`."""
+    return METHOD_TABLE[cfg.method]
+
+
+def has_target_network(cfg: PretrainConfig) -> bool:
+    """Whether the run keeps an EMA target network `phibar` (Eq. 14)."""
+    row = traits(cfg)
+    return row.phibar and row.ema_target and cfg.target_network
+
+
 def resolved_predictor(cfg: PretrainConfig) -> str:
-    """The predictor actually used: `auto` means mlp for byol and none otherwise (C3)."""
-    if cfg.predictor != "auto":
-        return cfg.predictor
-    return "mlp" if cfg.method == "byol" else "none"
+    """The predictor actually used: `auto` means the method's default (C3)."""
+    return traits(cfg).predictor if cfg.predictor == "auto" else cfg.predictor
 
 
 def validate(cfg: PretrainConfig) -> None:

@@ -29,10 +29,9 @@ import torch.nn.functional as nnf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from scaled.checkpoint import load_checkpoint, newest_valid_checkpoint
-from scaled.config import PretrainConfig, UserError, config_from_dict
+from scaled.checkpoint import load_model, newest_valid_checkpoint
+from scaled.config import PretrainConfig, UserError
 from scaled.data import eval_dataset
-from scaled.model import SSLModel
 
 # --------------------------------------------------------------------------- features
 
@@ -243,19 +242,7 @@ def load_backbone(
     path: str | os.PathLike, *, random_init: bool = False
 ) -> tuple[PretrainConfig, nn.Module]:
     """(config, backbone) from a pretrain.py checkpoint (`random_init`: same net, fresh weights)."""
-    try:
-        ckpt = load_checkpoint(path)
-        cfg = config_from_dict(ckpt["config"])
-    except Exception as err:  # noqa: BLE001
-        raise UserError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}); pass a file pretrain.py wrote"
-        ) from None
-    probe_w = ckpt["model"].get("online.probe.weight")
-    num_classes = probe_w.shape[0] if probe_w is not None else 10
-    torch.manual_seed(cfg.seed)
-    model = SSLModel(cfg, 3 if cfg.data_dir else 1, num_classes)
-    if not random_init:
-        model.load_state_dict(ckpt["model"])
+    cfg, model, _ = load_model(path, random_init=random_init)
     return cfg, model.online.backbone
 
 

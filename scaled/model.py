@@ -16,7 +16,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from scaled.config import PretrainConfig, resolved_predictor
+from scaled.config import PretrainConfig, has_target_network, resolved_predictor
+from scaled.ema import ema_update
 
 
 class ResNetBackbone(torchvision.models.ResNet):
@@ -151,16 +152,15 @@ def target_tau(step: int, total_steps: int, tau_base: float) -> float:
 class SSLModel(nn.Module):
     """Online network, optional EMA target and the `Cbar` buffer (k x k, Eq. 15).
 
-    `uses_target` is true for minc / noncontrastive (with `target_network`) and byol.
+    The two EMAs live here, beside their state (as DINO keeps its centre beside the head):
+    `update_target` (Eq. 14) and `update_cbar` (Eq. 15). Which a method uses is its row of
+    `scaled.config.METHOD_TABLE`.
     """
 
     def __init__(self, cfg: PretrainConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.online = OnlineNetwork(cfg, in_channels, num_classes if cfg.online_probe else 0)
-        needs_target = cfg.method == "byol" or (
-            cfg.method in ("minc", "noncontrastive") and cfg.target_network
-        )
-        self.target = TargetNetwork(self.online) if needs_target else None
+        self.target = TargetNetwork(self.online) if has_target_network(cfg) else None
         self.register_buffer("Cbar", torch.zeros(cfg.proj_out, cfg.proj_out))
 
     @torch.no_grad()
@@ -174,6 +174,16 @@ class SSLModel(nn.Module):
         ob = [*self.online.backbone.buffers(), *self.online.projector.buffers()]
         tb = [*self.target.backbone.buffers(), *self.target.projector.buffers()]
         torch._foreach_copy_(tb, ob)
+
+    @torch.no_grad()
+    def update_cbar(self, C_batch: torch.Tensor, beta: float, *, first: bool) -> None:
+        """Cbar <- beta Cbar + (1 - beta) C_batch, in place (Eq. 15).
+
+        `first`: the run's first step, where Cbar starts at C_batch (C11: no zero-start bias).
+        With `C_batch` from `global_second_moment`, Cbar is identical on every rank.
+        """
+        C_batch = C_batch.detach().to(self.Cbar.dtype)
+        self.Cbar.copy_(C_batch if first else ema_update(self.Cbar, C_batch, beta))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -26,6 +26,8 @@ if __package__ in (None, ""):  # run as a file (`torchrun scaled/pretrain.py`): 
 import contextlib
 import signal
 import time
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import torch
 import torch.distributed as dist
@@ -40,19 +42,20 @@ from scaled.checkpoint import (
     load_checkpoint,
     newest_valid_checkpoint,
     prune_checkpoints,
-    rng_state,
-    set_rng_state,
+    restore,
+    training_state,
 )
 from scaled.config import (
     PretrainConfig,
     UserError,
-    config_from_dict,
     config_to_dict,
     nan_fault_step,
     parse_config,
+    traits,
 )
 from scaled.data import GlobalBatchSampler, pretrain_dataset
-from scaled.distributed import cleanup, global_second_moment, init_distributed, update_cbar
+from scaled.distributed import cleanup, global_second_moment, init_distributed
+from scaled.health import CollapseMonitor, representation_health
 from scaled.losses import (
     alpha_loss_batch,
     byol_loss_batch,
@@ -80,7 +83,7 @@ class RunError(Exception):
 _PREEMPT = {"flag": False}
 
 
-def _on_preempt_signal(signum, frame) -> None:  # noqa: ARG001
+def _on_preempt_signal(signum, frame) -> None:
     _PREEMPT["flag"] = True
 
 
@@ -96,48 +99,45 @@ def preemption_requested(group) -> bool:
 # --------------------------------------------------------------------------- the loss
 
 
+def target_features(
+    cfg: PretrainConfig, model: SSLModel, out: dict[str, torch.Tensor], x1, x2
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """phibar of both views, without gradient (Eq. 12, 14); None for methods without phibar.
+
+    From the EMA target network when the run has one, else phibar = sg(phi) (Eq. 12 defaults).
+    """
+    if not traits(cfg).phibar:
+        return None
+    with torch.no_grad():
+        if model.target is not None:
+            return model.target(x1), model.target(x2)
+        return out["z1"].detach(), out["z2"].detach()
+
+
 def ssl_loss(
     cfg: PretrainConfig,
-    model: SSLModel,
     out: dict[str, torch.Tensor],
-    x1: torch.Tensor,
-    x2: torch.Tensor,
+    targets: tuple[torch.Tensor, torch.Tensor] | None,
+    Cbar: torch.Tensor | None,
     *,
-    first_step: bool,
     distributed: bool,
 ) -> torch.Tensor:
-    """The self-supervised loss of `cfg.method` for one (micro-)batch; updates `Cbar` for MINC.
+    """The self-supervised loss of `cfg.method` for one (micro-)batch; pure (mutates nothing).
 
-    `out` is the online network's output (z: projector, p: predictor, identity by default C3).
+    `out` is the online network's output (z: projector, p: predictor, identity by default C3),
+    `targets` the phibar features `target_features` returned, `Cbar` the k x k EMA (Eq. 15).
+    Each view is compared with the other view's target and the two halves averaged.
     """
     p1, p2 = out["p1"], out["p2"]
-    if cfg.feature_norm > 0 and cfg.method not in ("byol", "simclr"):
-        p1, p2 = (
-            normalized_features(p1, cfg.feature_norm),
-            normalized_features(p2, cfg.feature_norm),
+    if cfg.method == "byol":
+        t1, t2 = targets
+        return byol_loss_batch(p1, t2) + byol_loss_batch(p2, t1)
+    if cfg.method in ("minc", "noncontrastive"):  # (Eq. 20; Eq. 9 without GHA)
+        t1, t2 = targets
+        gha = traits(cfg).gha
+        return 0.5 * (
+            minc_loss_batch(p1, t2, Cbar, gha=gha) + minc_loss_batch(p2, t1, Cbar, gha=gha)
         )
-    if cfg.method in ("minc", "noncontrastive", "byol"):
-        with torch.no_grad():
-            if model.target is not None:
-                t1, t2 = model.target(x1), model.target(x2)
-            else:  # no target network: phibar = sg(phi) (Eq. 12 defaults)
-                t1, t2 = out["z1"].detach(), out["z2"].detach()
-            if cfg.feature_norm > 0 and cfg.method != "byol":
-                t1 = normalized_features(t1, cfg.feature_norm)
-                t2 = normalized_features(t2, cfg.feature_norm)
-        if cfg.method == "byol":
-            return byol_loss_batch(p1, t2) + byol_loss_batch(p2, t1)
-        with torch.no_grad():
-            source = (t1, t2) if cfg.cbar_source == "target" else (p1.detach(), p2.detach())
-            C_batch = global_second_moment(torch.cat(source))  # (Eq. 15, 22)
-            if first_step:  # C11: Cbar starts at the first C_batch
-                model.Cbar.copy_(C_batch)
-            else:
-                update_cbar(model.Cbar, C_batch, cfg.beta)
-        gha = cfg.method == "minc"
-        loss1 = minc_loss_batch(p1, t2, model.Cbar, gha=gha)  # (Eq. 20)
-        loss2 = minc_loss_batch(p2, t1, model.Cbar, gha=gha)
-        return 0.5 * (loss1 + loss2)
     if cfg.method == "spectral":  # (Eq. 19)
         return spectral_loss_batch(
             p1, p2, include_diagonal=cfg.include_diagonal, distributed=distributed
@@ -154,6 +154,303 @@ def ssl_loss(
     if cfg.method == "simclr":
         return simclr_loss_batch(p1, p2, temperature=cfg.temperature, distributed=distributed)
     raise ValueError(f"unknown method {cfg.method!r}")
+
+
+def normalize_for_loss(cfg: PretrainConfig, out: dict, targets):
+    """(out, targets) with `--feature-norm mu` applied where the method takes it (Eq. 23, C12)."""
+    if cfg.feature_norm <= 0 or not traits(cfg).feature_norm:
+        return out, targets
+    mu = cfg.feature_norm
+    out = {
+        **out,
+        "p1": normalized_features(out["p1"], mu),
+        "p2": normalized_features(out["p2"], mu),
+    }
+    if targets is not None:
+        targets = tuple(normalized_features(t, mu) for t in targets)
+    return out, targets
+
+
+def statistics_and_loss(
+    cfg: PretrainConfig,
+    model: SSLModel,
+    out: dict[str, torch.Tensor],
+    targets: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    first_step: bool,
+    distributed: bool,
+) -> torch.Tensor:
+    """The statistics (global C_batch, Cbar EMA: Eq. 15, 22) and then the loss (Eq. 19-21)."""
+    out, targets = normalize_for_loss(cfg, out, targets)
+    if traits(cfg).cbar:
+        source = targets if cfg.cbar_source == "target" else (out["p1"], out["p2"])
+        C_batch = global_second_moment(torch.cat([s.detach() for s in source]))
+        model.update_cbar(C_batch, cfg.beta, first=first_step)
+    return ssl_loss(cfg, out, targets, model.Cbar, distributed=distributed)
+
+
+# --------------------------------------------------------------------------- the run state
+
+
+@dataclass
+class RunState:
+    """What the step, the log and the checkpoint share: the modules, the position, the meters.
+
+    `online` is what the step calls (DDP / compiled wrapper of `model.online`); the meters in
+    `acc` and `bad_step` are device tensors, read only at log intervals and checkpoints.
+    """
+
+    cfg: PretrainConfig
+    model: SSLModel
+    online: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    in_channels: int
+    num_classes: int
+    steps_per_epoch: int
+    total_steps: int
+    world: int = 1
+    rank: int = 0
+    control: object = None  # gloo group for host-side flags (None: the default group)
+    step: int = 0
+    acc: dict[str, torch.Tensor] = dataclass_field(default_factory=dict)
+    bad_step: torch.Tensor | None = None  # first non-finite step (1-based), 0: none
+    last_z: torch.Tensor | None = None
+    last_good: Path | None = None
+    logger: object = None
+    monitor: object = None
+    t_log: float = 0.0
+    steps_since_log: int = 0
+
+    def autocast(self):
+        """bf16/fp16 autocast on CUDA when `--amp` asks for it, else a no-op context."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def reset_meters(self) -> None:
+        """Zero the device-side accumulators (after each log)."""
+        for v in self.acc.values():
+            v.zero_()
+        self.t_log, self.steps_since_log = time.perf_counter(), 0
+
+
+METERS = ("loss", "probe_correct", "probe_count", "skipped")
+
+
+def build_run_state(
+    cfg: PretrainConfig,
+    in_channels: int,
+    num_classes: int,
+    *,
+    device: torch.device,
+    world: int = 1,
+    rank: int = 0,
+    local_rank: int = 0,
+    steps_per_epoch: int = 1,
+) -> RunState:
+    """Model, optimiser, schedules, grad scaler and wrappers for `cfg` (no data, no logger)."""
+    cuda = device.type == "cuda"
+    total_steps = cfg.epochs * steps_per_epoch
+    model = SSLModel(cfg, in_channels, num_classes)
+    if cfg.sync_bn and world > 1 and not cuda:
+        if rank == 0:
+            print("warning: --sync-bn ignored on CPU (no CPU kernel)", file=sys.stderr)
+    elif cfg.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if (cuda and cfg.channels_last) else torch.preserve_format
+    model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(model.online, cfg)
+    scheduler = build_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    online = model.online
+    if world > 1:
+        online = DistributedDataParallel(
+            model.online, device_ids=[local_rank] if cuda else None, gradient_as_bucket_view=True
+        )
+    if cfg.compile:
+        online = torch.compile(online)
+    zero = torch.zeros((), device=device)
+    return RunState(
+        cfg=cfg,
+        model=model,
+        online=online,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        device=device,
+        amp_dtype=amp_dtype,
+        memory_format=memory_format,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        world=world,
+        rank=rank,
+        acc={k: zero.clone() for k in METERS},
+        bad_step=torch.zeros((), dtype=torch.long, device=device),
+        t_log=time.perf_counter(),
+    )
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def probe_loss(run: RunState, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of the online linear probe on detached features; counts its hits."""
+    if "probe_logits" not in out:
+        return torch.zeros((), device=run.device)
+    both = torch.cat([labels, labels])
+    logits = out["probe_logits"].float()
+    run.acc["probe_correct"] += (logits.argmax(1) == both).sum()
+    run.acc["probe_count"] += both.numel()
+    return nnf.cross_entropy(logits, both)
+
+
+def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
+    """One optimiser step over the micro-batches of a global batch.
+
+    Each micro-batch is what the loader yields: (x1, x2, labels, [indices,] skipped).
+
+    For each micro-batch: both views through the online network, the target forward, the
+    statistics and the loss (`statistics_and_loss`), backward (DDP syncs on the last one only);
+    then the optimiser, the lr schedule and the target EMA (Eq. 14). No host synchronisation:
+    the loss and the meters stay on the device.
+    """
+    cfg, model = run.cfg, run.model
+    n = len(micro_batches)
+    run.optimizer.zero_grad(set_to_none=True)
+    for k, (x1, x2, labels, *_, skipped) in enumerate(micro_batches):
+        x1 = x1.to(run.device, non_blocking=True, memory_format=run.memory_format)
+        x2 = x2.to(run.device, non_blocking=True, memory_format=run.memory_format)
+        labels = labels.to(run.device, non_blocking=True)
+        sync = k == n - 1 or run.world == 1
+        with contextlib.nullcontext() if sync else run.online.no_sync():
+            with run.autocast():
+                out = run.online(x1, x2)
+                targets = target_features(cfg, model, out, x1, x2)
+                loss = statistics_and_loss(
+                    cfg,
+                    model,
+                    out,
+                    targets,
+                    first_step=run.step == 0 and k == 0,
+                    distributed=run.world > 1,
+                )
+                total = loss + probe_loss(run, out, labels)
+            run.scaler.scale(total / n).backward()
+        run.acc["loss"] += loss.detach().float() / n
+        run.acc["skipped"] += skipped.to(run.device, non_blocking=True).sum()
+        bad = ~torch.isfinite(loss.detach())
+        run.bad_step.copy_(torch.where(bad & (run.bad_step == 0), run.step + 1, run.bad_step))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    model.update_target(target_tau(run.step, run.total_steps, cfg.tau_base))  # (Eq. 14)
+    run.step += 1
+    run.steps_since_log += 1
+    run.last_z = out["z1"].detach()
+    return {"loss": loss.detach(), "z1": run.last_z}
+
+
+def with_nan_fault(step_fn, nan_step: int):
+    """FOR TESTS ONLY (`--fault-inject nan@STEP`): step `nan_step` sees NaN inputs, so its loss
+    is NaN and the run must stop with exit status 3. Kept outside `train_step`."""
+
+    def poisoned_step(run: RunState, micro_batches):
+        if run.step + 1 == nan_step:
+            micro_batches = [(b[0] * float("nan"), *b[1:]) for b in micro_batches]
+        return step_fn(run, micro_batches)
+
+    return poisoned_step
+
+
+# --------------------------------------------------------------------------- logs and checkpoints
+
+
+def say(run: RunState, msg: str) -> None:
+    """Print `msg` to stderr on rank 0."""
+    if run.rank == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def check_finite(run: RunState) -> None:
+    """RunError (exit 3) when any rank saw a non-finite loss since the start (a host sync)."""
+    flag = run.bad_step.clone()
+    if run.world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    n = int(flag.item())
+    if n:
+        raise RunError(
+            EXIT_NONFINITE,
+            f"loss is nan at step {n}; last good checkpoint: {run.last_good or 'none'}",
+        )
+
+
+def save_checkpoint(run: RunState) -> None:
+    """Atomic checkpoint of `run` on rank 0, agreed by every rank; RunError 4 when it fails."""
+    check_finite(run)  # never save a non-finite checkpoint
+    cfg = run.cfg
+    path = checkpoint_path(cfg.output_dir, run.step)
+    ok, reason = 1, ""
+    if run.rank == 0:
+        try:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            atomic_save(training_state(run), path)
+            prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints)
+        except OSError as err:
+            ok, reason = 0, err.strerror or str(err)
+    if run.world > 1:
+        flag = torch.tensor([ok], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=run.control)
+        ok = int(flag.item())
+    if not ok:
+        raise RunError(
+            EXIT_WRITE,
+            f"could not write checkpoint {path} ({reason or 'failed on rank 0'}); "
+            f"previous checkpoint {run.last_good or 'none'} is intact",
+        )
+    run.last_good = path
+
+
+def log_metrics(run: RunState) -> None:
+    """Reduce the meters over ranks, add the health metrics, write one log line (a host sync)."""
+    check_finite(run)
+    cfg, step, spe = run.cfg, run.step, run.steps_per_epoch
+    vals = torch.stack([run.acc[k] for k in METERS])
+    if run.world > 1:
+        dist.all_reduce(vals)
+    loss_sum, correct, count, skipped = vals.tolist()
+    elapsed = time.perf_counter() - run.t_log
+    metrics = {
+        "loss": loss_sum / (run.world * max(run.steps_since_log, 1)),
+        "lr": run.scheduler.get_last_lr()[0],
+        "tau": target_tau(step, run.total_steps, cfg.tau_base),
+        "epoch": step / spe,
+        "img_per_s": run.steps_since_log * cfg.batch_size / max(elapsed, 1e-9),
+        "skipped_images": skipped,
+    }
+    if count:
+        metrics["online_probe_acc"] = correct / count
+    if run.rank == 0 and run.last_z is not None:
+        row = traits(cfg)
+        Cbar = run.model.Cbar if row.cbar else None
+        health = representation_health(run.last_z, Cbar, gha=row.gha)
+        metrics.update(health)
+        warning = run.monitor.check(step, health)
+        if warning:
+            run.logger.write(f"warning: {warning}")
+    run.logger.log(step, metrics)
+    run.logger.update_progress(
+        step, epoch=f"{step / spe:.2f}", loss=metrics["loss"], lr=metrics["lr"],
+        img_s=metrics["img_per_s"],
+    )  # fmt: skip
+    run.reset_meters()
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -176,15 +473,6 @@ def config_changes(old: dict, new: PretrainConfig) -> list[str]:
         for k, v in new_d.items()
         if k not in ignore and k in old and old[k] != v
     ]
-
-
-def _run_metadata() -> tuple[dict, dict]:
-    from scaled.runlog import git_state, package_versions
-
-    return git_state(), package_versions()
-
-
-# --------------------------------------------------------------------------- training
 
 
 def check_batch_divisible(cfg: PretrainConfig, world: int) -> None:
@@ -219,26 +507,86 @@ def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, lo
         raise UserError(str(err)) from None
 
 
+def find_resume_checkpoint(cfg: PretrainConfig) -> tuple[Path, dict] | None:
+    """The checkpoint `--resume` names (auto: the newest readable one), or None."""
+    existing = list_checkpoints(cfg.output_dir)
+    if existing and not cfg.resume:
+        raise UserError(
+            f"{cfg.output_dir} already holds checkpoints (newest {existing[-1].name}); pass "
+            "--resume auto to continue that run or a new --output-dir"
+        )
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        return newest_valid_checkpoint(cfg.output_dir)
+    if not Path(cfg.resume).is_file():
+        raise UserError(f"--resume {cfg.resume} does not exist; pass a checkpoint or auto")
+    try:
+        return Path(cfg.resume), load_checkpoint(cfg.resume)
+    except Exception as err:  # any failure to load: say which file and what to do
+        raise UserError(
+            f"checkpoint {cfg.resume} is unreadable ({type(err).__name__}); "
+            "pass another --resume path or --resume auto"
+        ) from None
+
+
+def resume(run: RunState) -> None:
+    """Continue from `--resume` (weights, optimiser, schedules, RNG, step), reporting changes."""
+    cfg = run.cfg
+    found = find_resume_checkpoint(cfg)
+    if found is None:
+        if cfg.resume == "auto":
+            say(run, f"resume: no readable checkpoint in {cfg.output_dir}; starting from step 0")
+        return
+    path, ckpt = found
+    restore(run, ckpt, path)
+    run.last_good = path
+    say(run, f"resume: {path} at step {run.step} (epoch {ckpt['epoch']})")
+    if ckpt["world_size"] != run.world:
+        say(
+            run,
+            f"resume: world size {ckpt['world_size']} -> {run.world}; per-rank batch "
+            f"{cfg.batch_size // ckpt['world_size']} -> {cfg.batch_size // run.world}; the "
+            "global batch, data order and augmentations are unchanged",
+        )
+    for change in config_changes(ckpt["config"], cfg):
+        say(run, f"resume: config changed: {change}")
+
+
+def start_logging(run: RunState, last_step: int, device_type: str) -> None:
+    """run_info.json, the printed config, the metrics logger and the collapse monitor."""
+    from scaled.runlog import RunLogger, write_run_info
+
+    cfg = run.cfg
+    micro = cfg.batch_size // (run.world * cfg.accum_steps)
+    if run.rank == 0:
+        cfg_dict = config_to_dict(cfg)
+        write_run_info(cfg.output_dir, cfg_dict, world_size=run.world, device=device_type)
+        say(run, "config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in cfg_dict.items()))
+        say(
+            run,
+            f"world size {run.world}, per-rank micro-batch {micro} x {cfg.accum_steps} "
+            f"accumulation, {run.steps_per_epoch} steps/epoch, {last_step} steps (schedule: "
+            f"{run.total_steps}), lr {cfg.lr * cfg.batch_size / 256:g}",
+        )
+    run.logger = RunLogger(
+        cfg.output_dir, enabled=run.rank == 0, total_steps=last_step, initial_step=run.step
+    )
+    run.monitor = CollapseMonitor()
+
+
+# --------------------------------------------------------------------------- training
+
+
 def train(cfg: PretrainConfig) -> int:
     """Run pretraining with `cfg`; returns the exit status (0) or raises RunError/UserError."""
     device_type = resolve_device(cfg)
     # Checked before the process group exists, so every rank fails alike with one line instead
     # of a peer crashing inside init_process_group after rank 0 has left.
     check_batch_divisible(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        if device_type == "cpu":  # gloo for CPU tensors even on a machine with GPUs
-            dist.init_process_group(backend="gloo")
-    rank, world, local_rank, device = init_distributed()
-    if device_type == "cpu":
-        device = torch.device("cpu")
-    cuda = device.type == "cuda"
-    main = rank == 0
-    check_batch_divisible(cfg, world)
+    rank, world, local_rank, device = init_distributed(device_type)
     micro = cfg.batch_size // (world * cfg.accum_steps)
-    control = None
-    if world > 1 and dist.get_backend() != "gloo":
-        control = dist.new_group(backend="gloo")  # host-side flags without GPU syncs
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
 
@@ -248,281 +596,63 @@ def train(cfg: PretrainConfig) -> int:
     dali = build_dali_loader(cfg, micro, rank, world, local_rank) if cfg.loader == "dali" else None
     if dali is not None:  # DALI shards its own file list
         steps_per_epoch = len(dali) // cfg.accum_steps
-    total_steps = cfg.epochs * steps_per_epoch
-    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-
-    model = SSLModel(cfg, in_channels, num_classes)
-    if cfg.sync_bn and world > 1 and not cuda:
-        if main:
-            print("warning: --sync-bn ignored on CPU (no CPU kernel)", file=sys.stderr)
-    elif cfg.sync_bn and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if (cuda and cfg.channels_last) else torch.preserve_format
-    model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model.online, cfg)
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
-    use_fp16 = cuda and cfg.amp == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=amp_dtype))
-        if cuda and amp_dtype is not None
-        else contextlib.nullcontext
-    )
-
-    def say(msg: str) -> None:
-        if main:
-            print(msg, file=sys.stderr, flush=True)
-
-    # ---- resume
-    step, last_good = 0, None
-    existing = list_checkpoints(cfg.output_dir)
-    if existing and not cfg.resume:
-        raise UserError(
-            f"{cfg.output_dir} already holds checkpoints (newest {existing[-1].name}); pass "
-            "--resume auto to continue that run or a new --output-dir"
-        )
-    if cfg.resume:
-        if cfg.resume == "auto":
-            found = newest_valid_checkpoint(cfg.output_dir)
-            if found is None:
-                say(f"resume: no readable checkpoint in {cfg.output_dir}; starting from step 0")
-        else:
-            if not Path(cfg.resume).is_file():
-                raise UserError(f"--resume {cfg.resume} does not exist; pass a checkpoint or auto")
-            try:
-                found = (Path(cfg.resume), load_checkpoint(cfg.resume))
-            except Exception as err:  # noqa: BLE001
-                raise UserError(
-                    f"checkpoint {cfg.resume} is unreadable ({type(err).__name__}); "
-                    "pass another --resume path or --resume auto"
-                ) from None
-        if found is not None:
-            last_good, ckpt = found
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-            step = int(ckpt["step"])
-            say(f"resume: {last_good} at step {step} (epoch {ckpt['epoch']})")
-            if ckpt["world_size"] != world:
-                say(
-                    f"resume: world size {ckpt['world_size']} -> {world}; per-rank batch "
-                    f"{cfg.batch_size // ckpt['world_size']} -> {cfg.batch_size // world}; the "
-                    "global batch, data order and augmentations are unchanged"
-                )
-            for change in config_changes(ckpt["config"], cfg):
-                say(f"resume: config changed: {change}")
-            del ckpt
-
-    online = model.online
-    if world > 1:
-        online = DistributedDataParallel(
-            model.online,
-            device_ids=[local_rank] if cuda else None,
-            gradient_as_bucket_view=True,
-        )
-    if cfg.compile:
-        online = torch.compile(online)
-
-    git, versions = _run_metadata()
-    if main:
-        from scaled.runlog import write_run_info
-
-        cfg_dict = config_to_dict(cfg)
-        write_run_info(cfg.output_dir, cfg_dict, world_size=world, device=device_type)
-        say("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in cfg_dict.items()))
-        say(
-            f"world size {world}, per-rank micro-batch {micro} x {cfg.accum_steps} accumulation, "
-            f"{steps_per_epoch} steps/epoch, {last_step} steps (schedule: {total_steps}), "
-            f"lr {cfg.lr * cfg.batch_size / 256:g}"
-        )
-    from scaled.health import CollapseMonitor, representation_health
-    from scaled.runlog import RunLogger
-
-    logger = RunLogger(cfg.output_dir, enabled=main, total_steps=last_step, initial_step=step)
-    monitor = CollapseMonitor()
+    run = build_run_state(
+        cfg, in_channels, num_classes, device=device, world=world, rank=rank,
+        local_rank=local_rank, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    if world > 1 and dist.get_backend() != "gloo":
+        run.control = dist.new_group(backend="gloo")  # host-side flags without GPU syncs
+    resume(run)
+    last_step = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
+    start_logging(run, last_step, device_type)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, _on_preempt_signal)
-
     loader = dali or DataLoader(
         dataset,
         batch_size=micro,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        pin_memory=cuda,
+        pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
         drop_last=False,
     )
-
-    # ---- device-side accumulators: read only at log intervals and before checkpoints
-    zero = torch.zeros((), device=device)
-    acc = {k: zero.clone() for k in ("loss", "probe_correct", "probe_count", "skipped")}
-    bad_step = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step, 0: none
     nan_step = nan_fault_step(cfg)
-    last_z = None
-    t_log, steps_since_log = time.perf_counter(), 0
-
-    def check_finite() -> None:
-        flag = bad_step.clone()
-        if world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        n = int(flag.item())
-        if n:
-            raise RunError(
-                EXIT_NONFINITE,
-                f"loss is nan at step {n}; last good checkpoint: {last_good or 'none'}",
-            )
-
-    def save(step: int) -> None:
-        nonlocal last_good
-        check_finite()  # never save a non-finite checkpoint
-        path = checkpoint_path(cfg.output_dir, step)
-        ok, reason = 1, ""
-        if main:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "epoch": step // steps_per_epoch,
-                "step_in_epoch": step % steps_per_epoch,
-                "samples_seen_in_epoch": (step % steps_per_epoch) * cfg.batch_size,
-                "world_size": world,
-                "rng": rng_state(),
-                "config": config_to_dict(cfg),
-                "git_sha": str(git.get("sha")),
-                "versions": versions,
-            }
-            try:
-                Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-                atomic_save(state, path)
-                prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints)
-            except OSError as err:
-                ok, reason = 0, err.strerror or str(err)
-        if world > 1:
-            flag = torch.tensor([ok], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=control)
-            ok = int(flag.item())
-        if not ok:
-            raise RunError(
-                EXIT_WRITE,
-                f"could not write checkpoint {path} ({reason or 'failed on rank 0'}); "
-                f"previous checkpoint {last_good or 'none'} is intact",
-            )
-        last_good = path
-
-    def log(step: int, epoch: int) -> None:
-        nonlocal t_log, steps_since_log
-        check_finite()
-        vals = torch.stack([acc[k] for k in ("loss", "probe_correct", "probe_count", "skipped")])
-        if world > 1:
-            dist.all_reduce(vals)
-        loss_sum, correct, count, skipped = vals.tolist()
-        elapsed = time.perf_counter() - t_log
-        metrics = {
-            "loss": loss_sum / (world * max(steps_since_log, 1)),
-            "lr": scheduler.get_last_lr()[0],
-            "tau": target_tau(step, total_steps, cfg.tau_base),
-            "epoch": step / steps_per_epoch,
-            "img_per_s": steps_since_log * cfg.batch_size / max(elapsed, 1e-9),
-            "skipped_images": skipped,
-        }
-        if count:
-            metrics["online_probe_acc"] = correct / count
-        if main and last_z is not None:
-            gha = cfg.method == "minc"
-            uses_cbar = cfg.method in ("minc", "noncontrastive")
-            health = representation_health(last_z, model.Cbar if uses_cbar else None, gha=gha)
-            metrics.update(health)
-            warning = monitor.check(step, health)
-            if warning:
-                logger.write(f"warning: {warning}")
-        logger.log(step, metrics)
-        logger.update_progress(
-            step,
-            epoch=f"{step / steps_per_epoch:.2f}",
-            loss=metrics["loss"],
-            lr=metrics["lr"],
-            img_s=metrics["img_per_s"],
-        )
-        for v in acc.values():
-            v.zero_()
-        t_log, steps_since_log = time.perf_counter(), 0
-
-    # ---- the loop
+    step_fn = train_step if nan_step is None else with_nan_fault(train_step, nan_step)
     try:
-        while step < last_step:
-            epoch = step // steps_per_epoch
+        while run.step < last_step:
+            epoch = run.step // steps_per_epoch
             sampler.set_epoch(epoch)
-            sampler.set_start_step(step % steps_per_epoch)
+            sampler.set_start_step(run.step % steps_per_epoch)
             batches = iter(loader)
-            for _ in range(step % steps_per_epoch, steps_per_epoch):
-                optimizer.zero_grad(set_to_none=True)
-                for k in range(cfg.accum_steps):
-                    x1, x2, labels, _, skipped = next(batches)
-                    x1 = x1.to(device, non_blocking=True, memory_format=memory_format)
-                    x2 = x2.to(device, non_blocking=True, memory_format=memory_format)
-                    labels = labels.to(device, non_blocking=True)
-                    sync = k == cfg.accum_steps - 1 or world == 1
-                    ctx = contextlib.nullcontext() if sync else online.no_sync()
-                    with ctx:
-                        with autocast():
-                            out = online(x1, x2)
-                            loss = ssl_loss(
-                                cfg,
-                                model,
-                                out,
-                                x1,
-                                x2,
-                                first_step=(step == 0 and k == 0),
-                                distributed=world > 1,
-                            )
-                            total = loss
-                            if "probe_logits" in out:
-                                both = torch.cat([labels, labels])
-                                logits = out["probe_logits"].float()
-                                total = total + nnf.cross_entropy(logits, both)
-                                acc["probe_correct"] += (logits.argmax(1) == both).sum()
-                                acc["probe_count"] += both.numel()
-                        if nan_step is not None and step + 1 == nan_step:  # tests only
-                            total = total * float("nan")
-                            loss = loss * float("nan")
-                        scaler.scale(total / cfg.accum_steps).backward()
-                    acc["loss"] += loss.detach().float() / cfg.accum_steps
-                    acc["skipped"] += skipped.to(device, non_blocking=True).sum()
-                    bad = ~torch.isfinite(loss.detach())
-                    bad_step.copy_(torch.where(bad & (bad_step == 0), step + 1, bad_step))
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                model.update_target(target_tau(step, total_steps, cfg.tau_base))  # (Eq. 14)
-                step += 1
-                steps_since_log += 1
-                last_z = out["z1"].detach()
-
-                preempt = preemption_requested(control)
-                if step % cfg.log_every == 0 or step == last_step or preempt:
-                    log(step, epoch)
-                checkpoint_due = (
-                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                    or step % steps_per_epoch == 0
-                    or step == last_step
-                )
-                if checkpoint_due or preempt:
-                    save(step)
-                if preempt:
-                    logger.write(f"preempted: checkpoint {last_good} at step {step}; exit 0")
+            for _ in range(run.step % steps_per_epoch, steps_per_epoch):
+                step_fn(run, [next(batches) for _ in range(cfg.accum_steps)])
+                if not end_of_step(run, last_step):
                     return 0
-                if step >= last_step:
+                if run.step >= last_step:
                     break
-        say(f"done: {step} steps; checkpoint {last_good}")
+        say(run, f"done: {run.step} steps; checkpoint {run.last_good}")
         return 0
     finally:
-        logger.close()
+        run.logger.close()
+
+
+def end_of_step(run: RunState, last_step: int) -> bool:
+    """Log and checkpoint when due; False when preempted (checkpoint written, stop with 0)."""
+    cfg, step = run.cfg, run.step
+    preempt = preemption_requested(run.control)
+    if step % cfg.log_every == 0 or step == last_step or preempt:
+        log_metrics(run)
+    checkpoint_due = (
+        (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+        or step % run.steps_per_epoch == 0
+        or step == last_step
+    )
+    if checkpoint_due or preempt:
+        save_checkpoint(run)
+    if preempt:
+        run.logger.write(f"preempted: checkpoint {run.last_good} at step {step}; exit 0")
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -544,18 +674,6 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             cleanup()
     return code
-
-
-def load_pretrained(path: str | os.PathLike) -> tuple[PretrainConfig, SSLModel, dict]:
-    """(config, model with the checkpoint's weights, checkpoint) for evaluation."""
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
-    in_channels = 3 if cfg.data_dir else 1
-    probe_w = ckpt["model"].get("online.probe.weight")
-    num_classes = probe_w.shape[0] if probe_w is not None else 10
-    model = SSLModel(cfg, in_channels, num_classes)
-    model.load_state_dict(ckpt["model"])
-    return cfg, model, ckpt
 
 
 if __name__ == "__main__":

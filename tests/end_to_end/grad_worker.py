@@ -22,7 +22,7 @@ from scaled.config import demo
 from scaled.data import GlobalBatchSampler, pretrain_dataset
 from scaled.distributed import init_distributed
 from scaled.model import SSLModel
-from scaled.pretrain import ssl_loss
+from scaled.pretrain import statistics_and_loss, target_features
 
 
 def first_step_gradients(method: str, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
@@ -42,7 +42,8 @@ def first_step_gradients(method: str, rank: int = 0, world: int = 1) -> dict[str
     model.eval()  # BatchNorm: per-sample forward (see module docstring)
     online = DistributedDataParallel(model.online) if world > 1 else model.online
     out = online(x1, x2)
-    loss = ssl_loss(cfg, model, out, x1, x2, first_step=True, distributed=world > 1)
+    targets = target_features(cfg, model, out, x1, x2)
+    loss = statistics_and_loss(cfg, model, out, targets, first_step=True, distributed=world > 1)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.online.named_parameters()}
     grads["Cbar"] = model.Cbar.clone()

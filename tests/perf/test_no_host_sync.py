@@ -5,18 +5,19 @@ drain and stalls the input pipeline. scaled/pretrain.py promises none of these h
 steps. Two checks of that promise:
 
 - CPU (always runs): run the real trainer (`scaled.pretrain.train`) for a few steps of a tiny
-  model while counting every call of those tensor methods, and classify each call by the line of
-  ``train`` it comes from. Calls made inside the loop must come from the log-interval closures
-  (``log``, ``save``, ``check_finite``) or from the data pipeline (which runs in worker processes
-  on CPU tensors on a GPU machine); any other call is a per-step host sync and fails the test.
-  A second test injects an ``.item()`` into the loss and checks that it is caught.
+  model while counting every call of those tensor methods, and classify each call by the
+  function of scaled/pretrain.py it comes from. A call made under ``train_step`` (the named step)
+  (or under ``end_of_step``, the per-step log/checkpoint decision) is a per-step host sync
+  and fails the test, unless it comes from the data pipeline (which runs
+  in worker processes on CPU tensors on a GPU machine); the log-interval functions
+  (``log_metrics``, ``save_checkpoint``, ``check_finite``) may sync. A second test injects an
+  ``.item()`` into the loss and checks that it is caught.
 - GPU (`gpu` marker): the same run on CUDA under ``torch.cuda.set_sync_debug_mode("error")``,
-  switched off only while the log-interval closures run.
+  switched off only while the log-interval functions run.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 import traceback
 from collections.abc import Iterator
@@ -30,7 +31,8 @@ import scaled.pretrain as pretrain
 from scaled.config import parse_config
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
-LOG_CLOSURES = {"log", "save", "check_finite"}  # inside train(): log intervals and checkpoints
+LOG_FUNCTIONS = {"log_metrics", "save_checkpoint", "check_finite"}  # log intervals, checkpoints
+STEP_FUNCTIONS = {"train_step", "end_of_step"}  # run on every step: must not sync
 # preemption_requested all-reduces a CPU int flag over gloo: no GPU wait (pretrain.py docstring).
 HOST_ONLY = {"preemption_requested"}
 DATA_PATHS = ("torch/utils/data/", "torchvision/transforms/", "scaled/data.py", "PIL/")
@@ -39,24 +41,16 @@ PRETRAIN_FILE = str(Path(pretrain.__file__).resolve())
 LOG_EVERY, MAX_STEPS = 2, 5  # steps 1, 3 and 5 run their step body between log steps
 
 
-def loop_lines() -> range:
-    """Line numbers of the step loop inside `scaled.pretrain.train`."""
-    lines, first = inspect.getsourcelines(pretrain.train)
-    start = next(i for i, text in enumerate(lines) if text.strip().startswith("while step <"))
-    return range(first + start, first + len(lines))
-
-
-def classify(stack: list[traceback.FrameSummary], loop: range) -> str:
-    """'setup' (outside the loop), 'log', 'data', 'host' or 'step' (a per-step host sync)."""
+def classify(stack: list[traceback.FrameSummary]) -> str:
+    """'setup' (outside the step), 'log', 'data', 'host' or 'step' (a per-step host sync)."""
     in_pretrain = [f for f in stack if str(Path(f.filename).resolve()) == PRETRAIN_FILE]
-    train_frames = [f for f in in_pretrain if f.name == "train"]
-    if not train_frames or train_frames[-1].lineno not in loop:
-        return "setup"
     names = {f.name for f in in_pretrain}
-    if names & LOG_CLOSURES:
+    if names & LOG_FUNCTIONS:
         return "log"
     if names & HOST_ONLY:
         return "host"
+    if not names & STEP_FUNCTIONS:
+        return "setup"
     if any(any(p in f.filename.replace("\\", "/") for p in DATA_PATHS) for f in stack):
         return "data"
     return "step"
@@ -66,13 +60,12 @@ def classify(stack: list[traceback.FrameSummary], loop: range) -> str:
 def count_sync_calls() -> Iterator[list[tuple[str, str, list[traceback.FrameSummary]]]]:
     """Patch the host-sync tensor methods; yield the list of (method, class, stack) calls."""
     calls: list[tuple[str, str, list[traceback.FrameSummary]]] = []
-    loop = loop_lines()
     originals = {name: getattr(torch.Tensor, name) for name in SYNC_METHODS}
 
     def wrap(name, original):
         def patched(self, *args, **kwargs):
             stack = traceback.extract_stack()[:-1]
-            calls.append((name, classify(stack, loop), stack))
+            calls.append((name, classify(stack), stack))
             return original(self, *args, **kwargs)
 
         return patched
@@ -172,7 +165,7 @@ def sync_errors_outside_log_closures() -> Iterator[None]:
 
     def hook(frame, event, arg):  # noqa: ARG001
         code = frame.f_code
-        if code.co_name in LOG_CLOSURES and str(Path(code.co_filename).resolve()) == PRETRAIN_FILE:
+        if code.co_name in LOG_FUNCTIONS and str(Path(code.co_filename).resolve()) == PRETRAIN_FILE:
             if event == "call":
                 depth[0] += 1
                 torch.cuda.set_sync_debug_mode("default")
