@@ -35,11 +35,11 @@ if Path.cwd().name == "notebooks":
 import matplotlib.pyplot as plt
 import numpy as np
 
+from reference.graph_train import features_to_eigenvectors, fit
 from reference.graphs import augmentation_graph, marginal, normalized_adjacency, spectral_embedding
 from reference.losses import spectral_loss, spectral_loss_grad
 from reference.metrics import column_cosines, principal_angles, subspace_distance
-from reference.train import features_to_eigenvectors, fit
-from tests.conftest import tol
+from reference.tolerances import tol
 
 rng = np.random.default_rng(0)
 W, points = augmentation_graph(rng, sizes=(12, 9, 7), aug_std=0.8)
@@ -119,7 +119,7 @@ fig.tight_layout()
 # %% [markdown]
 # ## Training a free embedding table
 #
-# `reference.train.fit` runs gradient descent on an `N x k` table `phi` (each view its own row:
+# `reference.graph_train.fit` runs gradient descent on an `N x k` table `phi` (each view its own row:
 # the most expressive "network"). With exact (full-graph) gradients the loss goes to
 # `-sum lambda_i^2` and the span of `F = D^{1/2} phi` to the span of `V_k`. The columns, however,
 # are an arbitrary rotation of the eigenvectors: the per-column cosines are not 1.

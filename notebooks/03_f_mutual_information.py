@@ -44,7 +44,7 @@ from reference.losses import (
     spectral_loss_grad,
 )
 from reference.metrics import subspace_distance
-from tests.conftest import tol
+from reference.tolerances import tol
 
 rng = np.random.default_rng(0)
 W, points = augmentation_graph(rng, sizes=(12, 9, 7), aug_std=0.8)

@@ -35,6 +35,7 @@ if Path.cwd().name == "notebooks":
 import matplotlib.pyplot as plt
 import numpy as np
 
+from reference.graph_train import features_to_eigenvectors
 from reference.graphs import cycle_graph, marginal, normalized_adjacency, spectral_embedding
 from reference.losses import (
     noncontrastive_loss,
@@ -49,8 +50,7 @@ from reference.power_iteration import (
     power_iteration_step,
     run_power_iteration,
 )
-from reference.train import features_to_eigenvectors
-from tests.conftest import tol
+from reference.tolerances import tol
 
 rng = np.random.default_rng(0)
 n, k = 20, 3

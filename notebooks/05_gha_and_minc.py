@@ -39,10 +39,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from reference.gha import sanger, sanger_step
+from reference.graph_train import features_to_eigenvectors, fit
 from reference.graphs import augmentation_graph, marginal, spectral_embedding
 from reference.losses import minc_loss, minc_loss_grad, second_moment
 from reference.metrics import column_cosines, effective_rank, subspace_distance
-from reference.train import features_to_eigenvectors, fit
 
 rng = np.random.default_rng(0)
 

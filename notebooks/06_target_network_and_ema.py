@@ -37,10 +37,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from reference.ema import ema_update
+from reference.graph_train import features_to_eigenvectors, fit, sample_pairs
 from reference.graphs import augmentation_graph, marginal, spectral_embedding
 from reference.losses import second_moment, second_moment_batch
 from reference.metrics import column_cosines
-from reference.train import features_to_eigenvectors, fit, sample_pairs
 
 W, points = augmentation_graph(np.random.default_rng(0), sizes=(12, 9, 7), aug_std=0.8)
 N, k = W.shape[0], 3

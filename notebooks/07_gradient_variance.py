@@ -26,7 +26,7 @@
 #    true `C`: the limit of a perfect auxiliary EMA. `O(B k^2)`;
 # 3. **nc, batch C**: the same with `C` estimated on the *same* batch (`beta = 0`);
 # 4. **nc, EMA C**: the same with `Cbar` the auxiliary EMA (`beta = 0.8`, Eq. 15), fed by the
-#    stream of batches and updated with the current batch before use, as in `reference.train.fit`.
+#    stream of batches and updated with the current batch before use, as in `reference.graph_train.fit`.
 #
 # Each estimate is a per-pair gradient added into the rows `i` and `j` of the table (as in
 # `fit`); the minibatch losses and their gradients are the project's (`reference.losses`).
@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from reference.ema import ema_update
+from reference.graph_train import fit, sample_pairs
 from reference.graphs import augmentation_graph, marginal, spectral_embedding
 from reference.losses import (
     minc_loss_batch_grad,
@@ -54,8 +55,7 @@ from reference.losses import (
     spectral_loss_batch_grad,
     spectral_loss_grad,
 )
-from reference.train import fit, sample_pairs
-from tests.conftest import tol
+from reference.tolerances import tol
 
 W, points = augmentation_graph(np.random.default_rng(0), sizes=(12, 9, 7), aug_std=0.8)
 N, k = W.shape[0], 3

@@ -41,10 +41,11 @@ import torch
 import reference.losses as rl
 import scaled.losses as sl
 from reference.graphs import augmentation_graph
+from reference.tolerances import tol
+from scaled.checkpoint import load_model
 from scaled.config import PRESETS, parse_config
 from scaled.distributed import global_second_moment
-from scaled.pretrain import load_pretrained, train
-from tests.conftest import tol
+from scaled.pretrain import train
 
 REPO = Path.cwd()
 rng = np.random.default_rng(0)
@@ -56,7 +57,7 @@ torch.manual_seed(0)
 # `minc_loss_batch` (Eq. 20): the reference returns a float and `minc_loss_batch_grad` returns the
 # gradient with the stop-gradient of Eq. 20 written out by hand; the torch twin returns a tensor
 # whose autograd gradient is the same, because `sg(z2bar - LT(Cbar) z1)` is a `.detach()`.
-# In float64 they agree to the tolerance table of `tests/conftest.py`.
+# In float64 they agree to the tolerance table of `reference/tolerances.py`.
 
 # %%
 B, k = 64, 8
@@ -206,7 +207,7 @@ with tempfile.TemporaryDirectory() as run_dir:
     assert train(cfg) == 0
     metrics = [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
     ckpt_path = sorted(Path(run_dir).glob("ckpt_*.pt"))[-1]
-    cfg_saved, model, ckpt = load_pretrained(ckpt_path)
+    cfg_saved, model, ckpt = load_model(ckpt_path)
 
 Cbar_t = model.Cbar.double()
 eig = torch.linalg.eigvalsh(Cbar_t)

@@ -1,4 +1,7 @@
-"""Exponential moving averages: the target network (Eq. 14) and the auxiliary EMA of C (Eq. 15)."""
+"""Exponential moving averages: the target network (Eq. 14) and the auxiliary EMA of C (Eq. 15).
+
+Twin: `scaled.ema.ema_update` (same name, same convention; `inplace=True` there for buffers).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Comparisons of learned features with eigenvectors: sign- and rotation-aware (DESIGN.md)."""
+"""Comparisons of learned features with eigenvectors: sign- and rotation-aware (docs/design.md).
+
+`effective_rank` has a twin, `scaled.metrics.effective_rank` (logged during training); the
+subspace and column comparisons are reference-only tools of the tests and notebooks.
+"""
 
 from __future__ import annotations
 
@@ -54,15 +58,15 @@ def column_cosines(U: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.abs(np.sum(U * V, axis=0)) / (nu * nv)
 
 
-def effective_rank(Z: np.ndarray) -> float:
+def effective_rank(z: np.ndarray) -> float:
     """Effective rank (Roy & Vetterli 2007): ``exp`` of the entropy of normalised singular values.
 
-    ``k`` for ``k`` equal singular values, 1 for a rank-one (collapsed) ``Z``.
+    ``k`` for ``k`` equal singular values, 1 for a rank-one (collapsed) ``z`` (B x k, uncentred).
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    if Z.ndim != 2:
-        raise ValueError(f"Z must be 2-D, got shape {Z.shape}")
-    s = np.linalg.svd(Z, compute_uv=False)
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"z must be 2-D, got shape {z.shape}")
+    s = np.linalg.svd(z, compute_uv=False)
     if s.sum() == 0:
         raise ValueError("effective_rank of an all-zero matrix is undefined")
     p = s / s.sum()

@@ -1,4 +1,4 @@
-"""PyTorch twin of `reference.train.fit`: a free N x k embedding table trained on a graph.
+"""PyTorch twin of `reference.graph_train.fit`: a free N x k embedding table trained on a graph.
 
 Same update rule as the reference (plain gradient descent ``phi <- phi - lr * g``), but the
 gradient comes from autograd through the `scaled.losses` twins, and the table can live on a GPU.
@@ -57,7 +57,7 @@ def fit(
 ) -> torch.Tensor:
     """Train ``phi`` (N x k) by gradient descent on a graph; returns ``phi`` (on `device`).
 
-    Parameters as `reference.train.fit`:
+    Parameters as `reference.graph_train.fit`:
 
     method
         ``"spectral"`` (Eq. 3 / Eq. 19), ``"noncontrastive"`` (Eq. 9; ``tau = beta = 0``) or

@@ -10,7 +10,8 @@ What the numbers mean:
   of the L2-normalised features, SimSiam's collapse monitor (Chen & He 2021). Features spread
   evenly over the unit sphere of R^k give about ``1/sqrt(k)``; complete collapse (every input mapped
   to one point) gives 0. ``feature_std_ratio = feature_std * sqrt(k)`` is the same on a 0..1 scale.
-- ``eff_rank``: :func:`effective_rank`, between 1 (one direction) and k (all directions equally).
+- ``eff_rank``: :func:`scaled.metrics.effective_rank` (re-exported here), between 1 (one
+  direction) and k (all directions equally).
 - ``cbar_eig_i``: the largest eigenvalues of ``Cbar``, the EMA of the second moment (Eq. 15).
   On a graph they estimate the top eigenvalues of ``A`` (Eq. 13); the first is 1 there.
 - Under GHA, ``cbar_diag_i``, ``cbar_diag_eig_relerr`` and ``cbar_offdiag_rel``: the MINC fixed
@@ -26,51 +27,11 @@ import math
 
 import torch
 
+from scaled.metrics import effective_rank
+
 __all__ = ["CollapseMonitor", "effective_rank", "representation_health"]
 
 _N_EIG = 4  # how many of the largest eigenvalues / diagonal entries of Cbar to report
-
-
-def effective_rank(z: torch.Tensor, *, center: bool = False, eps: float = 1e-12) -> float:
-    """Effective rank of a batch of features (Roy & Vetterli 2007).
-
-    ``exp(H(p))`` with ``p_i = s_i / sum_j s_j`` the normalised singular values of the **uncentred**
-    B x k feature matrix (by default), as RankMe (Garrido et al. 2023) does. Uncentred, because
-    the MINC statistics are uncentred second moments (``C = E[phi phi^T]``, Eq. 15) and because
-    centring hides complete collapse: features ``c + noise`` have a centred spectrum of pure noise
-    (high rank) while the uncentred spectrum is dominated by ``c`` (rank near 1).
-
-    Parameters
-    ----------
-    z
-        Features, shape (B, k), any float dtype and device; computed in float32.
-    center
-        Subtract the batch mean first (the spectrum of the covariance instead of the second moment).
-    eps
-        Guards ``log 0`` for exactly zero singular values.
-
-    Returns
-    -------
-    float
-        In ``[1, min(B, k)]``; 0.0 for an all-zero matrix, nan if ``z`` has a non-finite entry.
-    """
-    if z.ndim != 2:
-        raise ValueError(
-            f"effective_rank needs a (batch, features) matrix, got shape {tuple(z.shape)}; "
-            "flatten the features first"
-        )
-    z = z.detach().float()
-    if not bool(torch.isfinite(z).all()):
-        return math.nan
-    if center:
-        z = z - z.mean(dim=0, keepdim=True)
-    s = torch.linalg.svdvals(z)
-    total = s.sum()
-    if float(total) == 0.0:
-        return 0.0
-    p = s / total
-    entropy = -(p * torch.log(p + eps)).sum()
-    return float(torch.exp(entropy))
 
 
 def representation_health(

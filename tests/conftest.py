@@ -1,7 +1,8 @@
-"""Shared test configuration.
+"""Shared test configuration: the seeded generator and the graph fixtures.
 
-TOLERANCES is the one table of numerical tolerances for the whole suite (DESIGN.md): float64
-comparisons are tight; float32 and bfloat16 rows are looser and each row says why.
+TOLERANCES and tol() are the one table of numerical tolerances (docs/design.md, "Tolerances");
+they live in `reference/tolerances.py` and are re-exported here, so tests may import them from
+either place. Library code and notebooks import them from `reference.tolerances`.
 """
 
 from __future__ import annotations
@@ -9,25 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-# dtype -> (rtol, atol); import as `from tests.conftest import tol, TOLERANCES`.
-TOLERANCES: dict[str, tuple[float, float]] = {
-    # Exact arithmetic up to round-off of O(N k) sums: a relative 1e-10 is orders above eps=2e-16.
-    "float64": (1e-10, 1e-12),
-    # eps=1.2e-7, sums over B*k ~ 1e4..1e5 terms: round-off grows like sqrt(n) * eps ~ 1e-5.
-    "float32": (1e-4, 1e-5),
-    # bf16 inputs (8-bit mantissa, eps=7.8e-3) with float32 accumulation of the k x k statistics.
-    "bfloat16": (5e-2, 5e-2),
-    # Analytic gradient vs central finite differences in float64 (tests/derivation): with step
-    # h = 1e-5 the truncation error is O(h^2) ~ 1e-10 and round-off O(eps |f| / h) ~ 1e-11, both
-    # relative to |grad|; 1e-6 (a relative norm error) leaves room for ill-scaled entries.
-    "fd_central": (1e-6, 0.0),
-}
+from reference.tolerances import TOLERANCES, tol
 
-
-def tol(dtype: str) -> dict[str, float]:
-    """Keyword arguments for assert_allclose at the tolerance row of `dtype`."""
-    rtol, atol = TOLERANCES[dtype]
-    return {"rtol": rtol, "atol": atol}
+# TOLERANCES and tol are re-exported: `from tests.conftest import tol` keeps working.
+__all__ = ["GRAPH_CASES", "SPAN_ONLY_CASES", "TOLERANCES", "make_graph", "tol"]
 
 
 @pytest.fixture

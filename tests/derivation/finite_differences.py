@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tests.conftest import TOLERANCES
+from reference.tolerances import TOLERANCES
 
 STEP = 1e-5
 

@@ -7,7 +7,7 @@ import pytest
 
 from reference import graphs, losses
 from reference.ema import ema_update
-from reference.train import fit
+from reference.graph_train import fit
 
 W_OK = graphs.cycle_graph(5)
 PHI = np.ones((5, 2))

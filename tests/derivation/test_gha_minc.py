@@ -11,8 +11,8 @@ import pytest
 
 from reference import graphs, losses
 from reference.gha import sanger, sanger_step
+from reference.graph_train import features_to_eigenvectors, fit
 from reference.metrics import column_cosines, subspace_distance
-from reference.train import features_to_eigenvectors, fit
 
 # lr in units of 1 / max_i w_i: plain gradient descent moves row i at the rate lr * w_i.
 LR = 0.5

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from reference import graphs
-from tests.conftest import GRAPH_CASES, make_graph, tol
+from reference.tolerances import tol
+from tests.conftest import GRAPH_CASES, make_graph
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from reference import graphs, losses
-from reference.train import sample_pairs
-from tests.conftest import make_graph, tol
+from reference.graph_train import sample_pairs
+from reference.tolerances import tol
+from tests.conftest import make_graph
 from tests.derivation.finite_differences import assert_gradient
 
 Z = 5.0

@@ -13,7 +13,7 @@ from reference.power_iteration import (
     power_iteration_step,
     run_power_iteration,
 )
-from tests.conftest import tol
+from reference.tolerances import tol
 from tests.derivation.finite_differences import assert_gradient
 
 

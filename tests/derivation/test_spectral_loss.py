@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import ortho_group
 
 from reference import graphs, losses
-from tests.conftest import tol
+from reference.tolerances import tol
 from tests.derivation.finite_differences import assert_gradient
 
 

@@ -10,10 +10,12 @@ import copy
 import os
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from scaled import distributed as sd
 from scaled import losses as sl
+from scaled.ema import ema_update
 
 B_GLOBAL = 12  # divisible by 2 and 4
 D_IN = 5
@@ -49,7 +51,7 @@ def _loss(method: str, z1, z2, p1, t1, t2, Cbar0, distributed: bool):
     """(loss, Cbar or None) of one method on this process's rows."""
     if method == "minc":
         C_batch = sd.global_second_moment(torch.cat([t1, t2]))
-        Cbar = sd.update_cbar(Cbar0.clone(), C_batch, BETA)
+        Cbar = ema_update(Cbar0.clone(), C_batch, BETA, inplace=True)
         return sl.minc_loss_batch(z1, t2, Cbar), Cbar
     if method == "noncontrastive":
         C = sd.global_second_moment(torch.cat([z1, z2]))
@@ -111,6 +113,16 @@ def run_methods(rows: slice, ddp: bool) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+# Checks of the process group itself (test-only: the library needs none of them).
+
+
+def _all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over the ranks of the default group, as a new tensor."""
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
 def worker(rank: int, world: int, port: int, outdir: str) -> None:
     """One spawned rank: init from torchrun-style env, run every check, save the results."""
     torch.set_num_threads(1)
@@ -143,10 +155,10 @@ def worker(rank: int, world: int, port: int, outdir: str) -> None:
     result["moment"] = {
         "global": sd.global_second_moment(mine),
         "local": sd.global_second_moment(mine, local=True),
-        "mean": sd.all_reduce_mean(torch.tensor(float(rank), dtype=torch.float64)),
-        "main": torch.tensor(sd.is_main_process()),
-        "world": torch.tensor(sd.world_size()),
+        "mean": _all_reduce_mean(torch.tensor(float(rank), dtype=torch.float64)),
+        "rank": torch.tensor(sd.rank()),
+        "world": torch.tensor(dist.get_world_size()),
     }
-    sd.barrier()
+    dist.barrier()
     torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
     sd.cleanup()

@@ -1,4 +1,4 @@
-"""scaled.graph_train.fit is the twin of reference.train.fit (Eq. 9, 12-15, 19, 20).
+"""scaled.graph_train.fit is the twin of reference.graph_train.fit (Eq. 9, 12-15, 19, 20).
 
 Trajectories agree to round-off with the reference (full batch; minibatch with the reference's
 pair draws replayed), and the torch trainer reaches the ordered eigenvectors of the closed form
@@ -13,10 +13,11 @@ import torch
 from numpy.testing import assert_allclose
 
 import scaled.graph_train as sgt
-from reference import train as rtrain
+from reference import graph_train as rtrain
 from reference.graphs import marginal, spectral_embedding
 from reference.metrics import column_cosines, subspace_distance
-from tests.conftest import make_graph, tol
+from reference.tolerances import tol
+from tests.conftest import make_graph
 
 CONFIGS = [
     ("spectral", {}),

@@ -16,8 +16,9 @@ from numpy.testing import assert_allclose
 
 import reference.losses as ref
 import scaled.losses as sca
-from reference.train import sample_pairs
-from tests.conftest import GRAPH_CASES, make_graph, tol
+from reference.graph_train import sample_pairs
+from reference.tolerances import tol
+from tests.conftest import GRAPH_CASES, make_graph
 
 SEEDS = (0, 1, 2)
 KS = (1, 3, 8)
