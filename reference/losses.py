@@ -11,7 +11,7 @@ Two forms of each loss:
 Every loss returns a Python float; every ``*_grad`` returns the gradient that automatic
 differentiation would give **with the stated stop-gradients** (``sg``), as ndarray(s) of the
 input's shape. Every public function here has a PyTorch twin of the same name in
-``scaled/losses.py`` (DESIGN.md); private helpers start with an underscore.
+``scaled/losses.py`` (docs/design.md); private helpers start with an underscore.
 """
 
 from __future__ import annotations
