@@ -18,14 +18,11 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather_with_grad",
-    "all_reduce_mean",
-    "barrier",
     "cleanup",
     "global_second_moment",
     "init_distributed",
-    "is_main_process",
+    "rank",
     "update_cbar",
-    "world_size",
 ]
 
 
@@ -66,40 +63,15 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     return rank, size, local_rank, device
 
 
-def is_main_process() -> bool:
-    """True on rank 0 (and in a single process)."""
-    return not _initialized() or dist.get_rank() == 0
-
-
-def world_size() -> int:
-    """Number of processes in the default group (1 without one)."""
-    return dist.get_world_size() if _initialized() else 1
-
-
 def rank() -> int:
     """Rank of this process in the default group (0 without one)."""
     return dist.get_rank() if _initialized() else 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if _initialized():
-        dist.barrier()
 
 
 def cleanup() -> None:
     """Destroy the default process group if there is one."""
     if _initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of `t` over ranks, as a new tensor (no gradient; for logging and statistics)."""
-    out = t.detach().clone()
-    if _initialized():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out /= dist.get_world_size()
-    return out
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

@@ -1,8 +1,8 @@
 """What a run writes beside its checkpoints: run_info.json, metrics.jsonl, TensorBoard, progress.
 
 Every run records the resolved config, the git SHA, the package versions and the hardware next to
-its logs (DESIGN.md, "Habits"), so a number in docs/results.md can always be traced back to the code
-and the machine that made it.
+its logs (docs/design.md, "Habits"), so a number in docs/results.md can always be traced back to
+the code and the machine that made it.
 
 Files in the run directory:
 
