@@ -38,14 +38,14 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) ## CPU benchmarks (losses, step, loader); tables into docs/results.md
-	$(PY) -m scaled.tools.bench all --write-docs
+bench: $(STAMP) ## CPU benchmarks (losses, variance, step, loader): JSON in runs/bench, tables into docs/results.md
+	$(PY) -m scaled.tools.bench all --output-dir runs/bench --write-docs
 
 notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/[0-9]*.py
 
-experiments: $(STAMP) ## the paper's ablations at CPU scale (about 40 minutes); results into docs/results/
-	$(PY) -m scaled.tools.experiments all
+experiments: $(STAMP) ## the paper's ablations at CPU scale (about 40 minutes); JSON + PNG into docs/results/
+	$(PY) -m scaled.tools.experiments all --output-dir docs/results
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache build dist *.egg-info

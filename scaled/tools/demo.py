@@ -22,14 +22,21 @@ from pathlib import Path
 
 import torch
 
+from scaled.checkpoint import load_model
 from scaled.config import UserError
 from scaled.data import eval_dataset
 from scaled.linear_eval import (
     evaluate_features,
     extract_features,
-    load_backbone,
     pixel_features,
     resolve_checkpoint,
+)
+from scaled.tools.provenance import (
+    checkout_root,
+    docs_file,
+    environment,
+    provenance_line,
+    replace_section,
 )
 
 PRETRAIN = Path(__file__).resolve().parents[1] / "pretrain.py"
@@ -59,8 +66,9 @@ def run_pretraining(run_dir: Path, nproc: int, extra: list[str]) -> int:
 
 def probe_table(checkpoint: Path, epochs: int | None = None) -> dict[str, dict[str, float]]:
     """Fast-probe accuracies of the pretrained encoder, the same at random init, raw pixels."""
-    cfg, trained = load_backbone(checkpoint)
-    _, random_init = load_backbone(checkpoint, random_init=True)
+    cfg, model, _ = load_model(checkpoint)
+    trained = model.online.backbone
+    random_init = load_model(checkpoint, random_init=True)[1].online.backbone
     epochs = epochs or cfg.eval_epochs
     train_set, test_set = eval_dataset(cfg, "train"), eval_dataset(cfg, "test")
     rows = {}
@@ -86,19 +94,13 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 def write_docs_section(table: str, result: dict, argv: list[str] | None) -> None:
     """Replace the demo section of docs/results.md with this run's table and timings."""
-    from scaled.tools.bench.cli import replace_docs_section
-    from scaled.runlog import device_names, git_state
-
     args = " ".join(sys.argv[1:] if argv is None else argv)
-    devices = device_names()
     body = "\n".join(
         [
             "### The demo (`make demo`)",
             "",
             f"Command: `python -m scaled.tools.demo {args}` (what `make demo` runs)  ",
-            f"Measured on: {devices.get('cpu')} ({devices.get('cpu_count')} cores), "
-            f"git {git_state().get('sha', 'unknown')[:7]}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            f"Measured on: {provenance_line(environment('cpu'))}.",
             "",
             "```",
             table,
@@ -112,7 +114,7 @@ def write_docs_section(table: str, result: dict, argv: list[str] | None) -> None
             f"{result['pretrained_beats_baselines']}.",
         ]
     )
-    replace_docs_section("demo", body)
+    replace_section(docs_file(), "demo", body)
 
 
 def beats_baselines(rows: dict[str, dict[str, float]]) -> bool:
@@ -129,28 +131,40 @@ def main(argv: list[str] | None = None) -> int:
         "linear probes: pretrained vs random-init encoder vs raw pixels. Extra options after "
         "`--` go to pretrain.py (e.g. -- --epochs 4 --seed 1).",
     )
-    parser.add_argument("--output-dir", default="runs/demo")
+    parser.add_argument("--output-dir", default="runs/demo", help="the run's folder (runs/demo)")
     parser.add_argument("--nproc", type=int, default=2, help="gloo processes")
     parser.add_argument("--probe-epochs", type=int, default=None, help="default: the preset's")
     parser.add_argument(
-        "--write-docs", action="store_true", help="put the table into docs/results.md"
+        "--write-docs",
+        action="store_true",
+        help="put the table into docs/results.md (git checkout only)",
     )
     parser.add_argument("extra", nargs="*", help="options passed on to pretrain.py")
     args = parser.parse_args(argv)
+    try:
+        return run_demo(args, argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Pretrain, probe, print and save the table (and put it into the docs with --write-docs)."""
+    if args.write_docs:
+        checkout_root()  # before three minutes of training: an installed package has no docs/
     run_dir = Path(args.output_dir)
     t0 = time.perf_counter()
     code = run_pretraining(run_dir, args.nproc, args.extra)
     if code != 0:
-        print(f"error: pretraining failed (exit status {code}); see the messages above")
+        print(
+            f"error: pretraining failed (exit status {code}); see the messages above",
+            file=sys.stderr,
+        )
         return code
     t_pre = time.perf_counter() - t0
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    try:
-        ckpt = resolve_checkpoint(run_dir)
-        rows = probe_table(ckpt, args.probe_epochs)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ckpt = resolve_checkpoint(run_dir)
+    rows = probe_table(ckpt, args.probe_epochs)
     t_all = time.perf_counter() - t0
     table = format_table(rows)
     print(f"\nMINC demo: {ckpt} (held-out digits, 1000 images)\n{table}")

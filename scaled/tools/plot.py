@@ -1,8 +1,8 @@
-"""Curves of one or several runs: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""Curves of runs: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--output-dir DIR]``.
 
 Reads each run's ``metrics.jsonl`` (written by :class:`scaled.runlog.RunLogger`) and, if present,
 its linear-probe results (``*.json`` files with ``probe`` or ``linear_eval`` in their name holding a
-top-1 accuracy), and draws one PNG per group of metrics into ``--out``:
+top-1 accuracy), and draws one PNG per group of metrics into ``--output-dir``:
 
     loss.png        every metric whose name contains "loss"
     accuracy.png    online-probe / kNN accuracies ("acc", "top1", "top5"), linear-probe results as
@@ -13,7 +13,7 @@ top-1 accuracy), and draws one PNG per group of metrics into ``--out``:
     other.png       every remaining numeric metric, so nothing logged is silently dropped
 
 Several runs are overlaid on the same axes, one colour per run, labelled by directory name.
-Default ``--out``: ``RUN_DIR/plots`` for one run, ``./plots`` for several.
+Default ``--output-dir``: ``RUN_DIR/plots`` for one run, ``./plots`` for several.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+
+from scaled.config import UserError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -179,16 +181,9 @@ def _finish(fig, ax, title: str, ylabel: str, path: Path, *, log_y: bool = False
     plt.close(fig)
 
 
-def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
-    """Draw the figures of module docstring for ``run_dirs`` into ``out_dir``; return the PNG paths.
-
-    Raises
-    ------
-    FileNotFoundError
-        A run directory or its metrics.jsonl is missing.
-    ValueError
-        A run's metrics.jsonl holds no records.
-    """
+def _read_runs(run_dirs: list[str | Path]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Records and probe results of each run, keyed by its label (folder name, or path when two
+    runs share a name)."""
     runs: dict[str, list[dict]] = {}
     probes: dict[str, dict[str, float]] = {}
     labels = [Path(d).resolve().name for d in run_dirs]
@@ -200,133 +195,170 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
             raise ValueError(f"{run_dir}/metrics.jsonl is empty")
         runs[label] = records
         probes[label] = read_probe_results(run_dir)
+    return runs, probes
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = ["-", "--", ":", "-."]
-    written: list[Path] = []
-    used: set[str] = set()
+
+_STYLES = ["-", "--", ":", "-."]
+
+
+def _colours() -> list[str]:
+    return plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _draw(ax, records: list[dict], name: str, run: str, r: int, j: int, n_runs: int) -> None:
+    """Curve `name` of run number `r`: one colour per run when overlaying, else per metric j."""
+    colours = _colours()
+    steps, values = _series(records, name)
+    colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
+    style = _STYLES[j % len(_STYLES)] if n_runs > 1 else "-"
+    ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
+
+
+def _plot_group(runs, probes, group, used: set[str], out_dir: Path) -> Path | None:
+    """One figure of `GROUPS` (metrics not drawn by an earlier group); None when it is empty."""
+    stem, title, ylabel, matches = group
     n_runs = len(runs)
-
-    for stem, title, ylabel, matches in GROUPS:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        drawn = False
-        for r, (run, records) in enumerate(runs.items()):
-            names = [n for n in _metric_names(records) if matches(n) and n not in used]
-            for j, name in enumerate(names):
-                steps, values = _series(records, name)
-                colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
-                style = styles[j % len(styles)] if n_runs > 1 else "-"
-                ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for r, (run, records) in enumerate(runs.items()):
+        names = [n for n in _metric_names(records) if matches(n) and n not in used]
+        for j, name in enumerate(names):
+            _draw(ax, records, name, run, r, j, n_runs)
+            drawn = True
+        if stem == "accuracy":
+            for j, (name, acc) in enumerate(probes[run].items()):
+                ax.axhline(
+                    acc,
+                    color=_colours()[(r if n_runs > 1 else j) % len(_colours())],
+                    linestyle=":",
+                    label=_label(run, f"{name} = {acc:.4g}", n_runs),
+                )
                 drawn = True
-            if stem == "accuracy":
-                for j, (name, acc) in enumerate(probes[run].items()):
-                    ax.axhline(
-                        acc,
-                        color=colours[(r if n_runs > 1 else j) % len(colours)],
-                        linestyle=":",
-                        label=_label(run, f"{name} = {acc:.4g}", n_runs),
-                    )
-                    drawn = True
-        for records in runs.values():
-            used.update(n for n in _metric_names(records) if matches(n))
-        if drawn:
-            positive = all(
-                v > 0
-                for records in runs.values()
-                for n in _metric_names(records)
-                if matches(n)
-                for v in _series(records, n)[1]
-                if math.isfinite(v)
-            )
-            path = out_dir / f"{stem}.png"
-            _finish(fig, ax, title, ylabel, path, log_y=(stem == "lr" and positive))
-            written.append(path)
-        else:
-            plt.close(fig)
+    for records in runs.values():
+        used.update(n for n in _metric_names(records) if matches(n))
+    if not drawn:
+        plt.close(fig)
+        return None
+    positive = all(
+        v > 0
+        for records in runs.values()
+        for n in _metric_names(records)
+        if matches(n)
+        for v in _series(records, n)[1]
+        if math.isfinite(v)
+    )
+    path = out_dir / f"{stem}.png"
+    _finish(fig, ax, title, ylabel, path, log_y=(stem == "lr" and positive))
+    return path
 
+
+def _plot_health(runs, used: set[str], out_dir: Path) -> Path | None:
+    """health.png: one panel per health metric (Cbar eigenvalues and diagonal share a panel)."""
     health = sorted(
         {_health_panel(n) for recs in runs.values() for n in _metric_names(recs) if _is_health(n)}
     )
-    if health:
-        ncols = min(3, len(health))
-        nrows = math.ceil(len(health) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.3 * nrows), squeeze=False)
-        for ax, panel in zip(axes.flat, health):
-            for r, (run, records) in enumerate(runs.items()):
-                names = [
-                    n for n in _metric_names(records) if _is_health(n) and _health_panel(n) == panel
-                ]
-                for j, name in enumerate(sorted(names)):
-                    steps, values = _series(records, name)
-                    colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
-                    style = styles[j % len(styles)] if n_runs > 1 else "-"
-                    ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
-            ax.set_title(panel)
-            ax.set_xlabel("step")
-            ax.set_ylabel(panel)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize="x-small")
-        for ax in list(axes.flat)[len(health) :]:
-            ax.set_visible(False)
-        fig.suptitle("Representation health (scaled.health)")
-        fig.tight_layout()
-        path = out_dir / "health.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
-        for records in runs.values():
-            used.update(n for n in _metric_names(records) if _is_health(n))
-
-    rest = sorted({n for recs in runs.values() for n in _metric_names(recs)} - used)
-    if rest:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+    if not health:
+        return None
+    ncols = min(3, len(health))
+    nrows = math.ceil(len(health) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.3 * nrows), squeeze=False)
+    for ax, panel in zip(axes.flat, health):
         for r, (run, records) in enumerate(runs.items()):
-            for j, name in enumerate(n for n in rest if n in _metric_names(records)):
-                steps, values = _series(records, name)
-                colour = colours[r % len(colours)] if n_runs > 1 else colours[j % len(colours)]
-                style = styles[j % len(styles)] if n_runs > 1 else "-"
-                ax.plot(steps, values, style, color=colour, label=_label(run, name, n_runs))
-        path = out_dir / "other.png"
-        _finish(fig, ax, "Other metrics", "value", path)
-        written.append(path)
-    return written
+            names = [
+                n for n in _metric_names(records) if _is_health(n) and _health_panel(n) == panel
+            ]
+            for j, name in enumerate(sorted(names)):
+                _draw(ax, records, name, run, r, j, len(runs))
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        ax.set_ylabel(panel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(health) :]:
+        ax.set_visible(False)
+    fig.suptitle("Representation health (scaled.health)")
+    fig.tight_layout()
+    path = out_dir / "health.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    for records in runs.values():
+        used.update(n for n in _metric_names(records) if _is_health(n))
+    return path
+
+
+def _plot_rest(runs, used: set[str], out_dir: Path) -> Path | None:
+    """other.png: every numeric metric no other figure drew."""
+    rest = sorted({n for recs in runs.values() for n in _metric_names(recs)} - used)
+    if not rest:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, (run, records) in enumerate(runs.items()):
+        for j, name in enumerate(n for n in rest if n in _metric_names(records)):
+            _draw(ax, records, name, run, r, j, len(runs))
+    path = out_dir / "other.png"
+    _finish(fig, ax, "Other metrics", "value", path)
+    return path
+
+
+def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Draw the figures of module docstring for ``run_dirs`` into ``out_dir``; return the PNG paths.
+
+    Raises
+    ------
+    FileNotFoundError
+        A run directory or its metrics.jsonl is missing.
+    ValueError
+        A run's metrics.jsonl holds no records.
+    """
+    runs, probes = _read_runs(run_dirs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()  # metrics already drawn: each goes into one figure only
+    written = [_plot_group(runs, probes, group, used, out_dir) for group in GROUPS]
+    written += [_plot_health(runs, used, out_dir), _plot_rest(runs, used, out_dir)]
+    return [path for path in written if path is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--out DIR]``."""
+    """Command line: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--output-dir DIR]``."""
     parser = argparse.ArgumentParser(
         prog="python -m scaled.tools.plot",
         description="Plot loss, probe accuracy, lr, throughput and health curves of training runs.",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
     parser.add_argument(
-        "--out",
+        "--output-dir",
         default=None,
-        help="output folder for the PNGs (default: RUN_DIR/plots for one run, ./plots for several)",
+        help="folder for the PNGs (default: RUN_DIR/plots for one run, ./plots for several)",
     )
     args = parser.parse_args(argv)
-    out = args.out or (Path(args.run_dirs[0]) / "plots" if len(args.run_dirs) == 1 else "plots")
+    out = args.output_dir
+    if out is None:
+        out = Path(args.run_dirs[0]) / "plots" if len(args.run_dirs) == 1 else Path("plots")
     try:
-        written = plot_runs(args.run_dirs, out)
-    except FileNotFoundError as exc:
-        print(
-            f"error: {exc}; pass the --run-dir of a scaled.pretrain run "
-            "(it writes metrics.jsonl at every log interval)",
-            file=sys.stderr,
-        )
-        return 2
-    except ValueError as exc:
-        print(
-            f"error: {exc}; the run has not reached its first log interval yet "
-            "(wait for it, or lower --log-every)",
-            file=sys.stderr,
-        )
+        written = plot_command(args.run_dirs, out)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     for path in written:
         print(path)
     return 0
+
+
+def plot_command(run_dirs: list[str], out: str | Path) -> list[Path]:
+    """:func:`plot_runs`, its errors turned into ``UserError`` (``<problem>; <fix>``)."""
+    try:
+        return plot_runs(run_dirs, out)
+    except FileNotFoundError as exc:
+        raise UserError(
+            f"{exc}; pass the --output-dir of a scaled.pretrain run "
+            "(it writes metrics.jsonl at every log interval)"
+        ) from None
+    except ValueError as exc:
+        raise UserError(
+            f"{exc}; the run has not reached its first log interval yet "
+            "(wait for it, or lower --log-every)"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def _fake_result() -> dict:
     row = ex.Row("graph", {"method": "minc"}, {"subspace_distance": ex.summarise([0.1, 0.3])})
     return {
         "experiment": "aux_ema",
-        "command": "python -m scaled.experiments aux_ema",
+        "command": "python -m scaled.tools.experiments aux_ema",
         "seeds": [0, 1],
         "digits_seeds": [0],
         "config": {"quick": True},
@@ -86,13 +87,40 @@ def test_write_docs_replaces_only_between_markers(tmp_path):
 @pytest.mark.parametrize("argv", [["nonsense"], ["alpha", "--seeds", "0"]])
 def test_cli_user_errors_are_one_line(argv, capsys):
     assert ex.main(argv) == 2
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("error: ")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+@pytest.mark.parametrize("argv", [["docs"], ["aux_ema", "--quick", "--write-docs"]])
+def test_docs_outside_a_checkout_is_one_line_error(argv, monkeypatch, tmp_path, capsys):
+    from scaled.tools import provenance
+
+    monkeypatch.setattr(provenance, "PACKAGE_PARENT", tmp_path)  # like an installed package
+    assert ex.main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--write-docs needs a source checkout" in err[0]
+    assert not (tmp_path / "out").exists(), "it ran before refusing"
+
+
+def test_docs_section_of_the_committed_results_is_replaced_in_place(tmp_path):
+    """Regenerating the section from docs/results/*.json keeps one section, the text around it,
+    and every table that is in the docs now."""
+    root = Path(__file__).resolve().parents[2]
+    docs = tmp_path / "results.md"
+    before = (root / "docs" / "results.md").read_text()
+    docs.write_text(before)
+    ex.write_docs(root / "docs" / "results", docs)
+    after = docs.read_text()
+    assert after.count(ex.DOCS_BEGIN) == 1 and after.count(ex.DOCS_END) == 1
+    assert after.split(ex.DOCS_BEGIN)[0] == before.split(ex.DOCS_BEGIN)[0]
+    assert after.split(ex.DOCS_END)[1] == before.split(ex.DOCS_END)[1]
+    tables = [line for line in before.split(ex.DOCS_BEGIN)[1].splitlines() if line.startswith("|")]
+    assert tables and all(line in after for line in tables)
 
 
 @pytest.mark.slow
 def test_quick_run_writes_json_and_png(tmp_path):
-    assert ex.main(["gha_target", "--quick", "--out", str(tmp_path)]) == 0
+    assert ex.main(["gha_target", "--quick", "--output-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "gha_target.json").read_text())
     assert (tmp_path / "gha_target.png").stat().st_size > 0
     assert set(result) >= {"experiment", "command", "seeds", "config", "rows", "git", "versions"}

@@ -11,8 +11,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from scaled.tools.plot import main, plot_runs, read_metrics, read_probe_results
 from scaled.runlog import RunLogger
+from scaled.tools.plot import main, plot_runs, read_metrics, read_probe_results
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,9 +70,10 @@ def test_plot_one_run_writes_every_group(tmp_path):
 def test_cli_overlays_several_runs(tmp_path):
     _fake_run(tmp_path / "a", seed=1)
     _fake_run(tmp_path / "b", n_steps=10, seed=2)
-    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    argv = [str(tmp_path / "a"), str(tmp_path / "b"), "--output-dir", str(tmp_path / "cmp")]
+    assert main(argv) == 0
     assert (tmp_path / "cmp" / "loss.png").is_file()
-    assert main([str(tmp_path / "a")]) == 0  # default --out: RUN_DIR/plots
+    assert main([str(tmp_path / "a")]) == 0  # default --output-dir: RUN_DIR/plots
     assert (tmp_path / "a" / "plots" / "health.png").is_file()
 
 

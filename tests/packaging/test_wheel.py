@@ -93,3 +93,33 @@ def test_console_commands(installed_wheel: Path, tmp_path: Path, command: str):
     out = _run([str(installed_wheel / "bin" / command), "--help"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "--checkpoint" in out.stdout or "--preset" in out.stdout
+
+
+@pytest.mark.parametrize("tool", ["bench", "experiments", "plot", "demo"])
+def test_tools_ship_in_the_wheel(installed_wheel: Path, tmp_path: Path, tool: str):
+    out = _run(
+        [str(installed_wheel / "bin" / "python"), "-m", f"scaled.tools.{tool}", "--help"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--output-dir" in out.stdout or "SUBCOMMAND" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scaled.tools.bench", "losses", "--quick", "--write-docs"],
+        ["scaled.tools.experiments", "docs"],
+        ["scaled.tools.demo", "--write-docs"],
+    ],
+)
+def test_installed_tools_refuse_to_write_docs(installed_wheel: Path, tmp_path: Path, argv):
+    """An installed package has no docs/ of its own: --write-docs is one error line, exit 2,
+    before anything is measured or trained."""
+    py = str(installed_wheel / "bin" / "python")
+    out = _run([py, "-m", *argv, "--output-dir", str(tmp_path / "out")], tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: --write-docs needs a source checkout (docs/results.md not found); "
+        "run from a git clone"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
-"""Smoke tests of `python -m scaled.tools.bench`: it runs and writes its JSON (no timing assertions)."""
+"""Smoke tests of `python -m scaled.tools.bench`: it runs and writes its JSON (no timing
+assertions), and its docs sections are found and replaced, never duplicated."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from scaled.tools.bench import cli as bench
+from scaled.config import UserError
+from scaled.tools import provenance
+from scaled.tools.bench import cli, losses
+from scaled.tools.provenance import markers, replace_section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_losses_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "scaled.tools.bench", "losses", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "scaled.tools.bench", "losses", "--quick", "--output-dir", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -26,20 +30,32 @@ def test_losses_quick_writes_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     payload = json.loads((out / "losses.json").read_text())
     assert payload["benchmark"] == "losses"
-    assert payload["env"]["torch"] and payload["env"]["device_name"]
+    assert payload["env"]["versions"]["torch"] and payload["env"]["device_name"]
     assert {(r["k"], r["B"]) for r in payload["rows"]} <= {
         (k, B) for k in (16, 32) for B in (64, 128, 256)
     }
     assert payload["rows"], "no cell was measured"
     for row in payload["rows"]:
-        for name in bench.LOSS_VARIANTS:
+        for name in losses.LOSS_VARIANTS:
             assert row[f"{name}_s"] > 0
     assert "| k | B |" in proc.stdout
 
 
+def test_step_quick_times_the_trainers_step(tmp_path: Path) -> None:
+    assert cli.main(["step", "--quick", "--output-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "step.json").read_text())
+    (row,) = payload["rows"]
+    assert row["method"] == "minc" and row["arch"] == "small_resnet"
+    for key in ("ssl_step_s", "supervised_s", "loss_stats_s", "ema_s"):
+        assert row[key] > 0, key
+
+
 def test_bad_argument_is_one_line_error(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "scaled.tools.bench", "losses", "--widths", "abc", "--out", str(tmp_path)],
+        [
+            *(sys.executable, "-m", "scaled.tools.bench", "losses"),
+            *("--widths", "abc", "--output-dir", str(tmp_path)),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -50,25 +66,63 @@ def test_bad_argument_is_one_line_error(tmp_path: Path) -> None:
     assert "comma-separated integers" in proc.stderr
 
 
+def test_write_docs_outside_a_checkout_is_one_line_error(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(provenance, "PACKAGE_PARENT", tmp_path)  # like an installed package
+    argv = ["losses", "--quick", "--write-docs", "--output-dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --write-docs needs a source checkout (docs/results.md not found); "
+        "run from a git clone"
+    ]
+    assert not (tmp_path / "out").exists(), "it measured before refusing"
+
+
 def test_replace_docs_section_replaces_only_its_block(tmp_path: Path) -> None:
     md = tmp_path / "results.md"
     md.write_text("# head\n\nkept text\n")
-    bench.replace_docs_section("losses", "first body", md)
-    bench.replace_docs_section("variance", "other", md)
-    bench.replace_docs_section("losses", "second body", md)
+    replace_section(md, "bench-losses", "first body")
+    replace_section(md, "bench-variance", "other")
+    replace_section(md, "bench-losses", "second body")
     text = md.read_text()
     assert "kept text" in text and "other" in text and "second body" in text
     assert "first body" not in text
-    assert text.count("<!-- bench:losses:start -->") == 1
+    assert text.count("<!-- bench-losses:begin -->") == 1
+
+
+def test_replace_section_refuses_broken_markers(tmp_path: Path) -> None:
+    md = tmp_path / "results.md"
+    begin, _ = markers("demo")
+    md.write_text(f"{begin}\nno end marker\n")
+    with pytest.raises(UserError, match="keep exactly one of each"):
+        replace_section(md, "demo", "body")
+    assert md.read_text() == f"{begin}\nno end marker\n"
+
+
+@pytest.mark.parametrize(
+    ("doc", "section"),
+    [
+        *(("results.md", f"bench-{n}") for n in ("losses", "variance", "step", "loader")),
+        ("results.md", "experiments"),
+        ("results.md", "demo"),
+        ("scaling.md", "bench-profile"),
+    ],
+)
+def test_every_docs_section_is_marked_once(doc: str, section: str) -> None:
+    """Each section a tool writes exists once, so --write-docs replaces it instead of appending."""
+    text = (REPO_ROOT / "docs" / doc).read_text()
+    begin, end = markers(section)
+    assert text.count(begin) == 1 and text.count(end) == 1
+    assert text.index(begin) < text.index(end)
 
 
 def test_crossover_interpolates_in_log_log() -> None:
-    assert bench.crossover([256, 1024], [0.5, 2.0]) == "B ~ 512"
-    assert bench.crossover([256, 512], [0.2, 0.5]).startswith("not reached")
-    assert bench.crossover([256, 512], [1.5, 3.0]).startswith("MINC cheaper at every B")
+    assert losses.crossover([256, 1024], [0.5, 2.0]) == "B ~ 512"
+    assert losses.crossover([256, 512], [0.2, 0.5]).startswith("not reached")
+    assert losses.crossover([256, 512], [1.5, 3.0]).startswith("MINC cheaper at every B")
 
 
 @pytest.mark.parametrize("slope", [1.0, 2.0])
 def test_loglog_slope_recovers_power_law(slope: float) -> None:
     batches = [256, 512, 1024, 2048]
-    assert bench.loglog_slope(batches, [1e-6 * b**slope for b in batches]) == pytest.approx(slope)
+    assert losses.loglog_slope(batches, [1e-6 * b**slope for b in batches]) == pytest.approx(slope)
