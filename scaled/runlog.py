@@ -11,9 +11,9 @@ Files in the run directory:
 - ``metrics.jsonl``: one JSON object per log step,
   ``{"step": 100, "time": 1732550000.1, "loss": ...}`` (``time``: Unix seconds),
   flushed line by line, so a crash loses at most the line being written. A resumed run appends; the
-  steps it repeats after its checkpoint appear twice, and readers (``scaled.plot``) keep the later
-  ones. Non-finite values are written as the ``NaN`` / ``Infinity`` tokens that Python's ``json``
-  reads back.
+  steps it repeats after its checkpoint appear twice, and readers (``scaled.tools.plot``) keep the
+  later ones. Non-finite values are written as the ``NaN`` / ``Infinity`` tokens that Python's
+  ``json`` reads back.
 - ``tb/``: TensorBoard event files of the same scalars (``tensorboard --logdir RUN_DIR/tb``).
 
 Only rank 0 should write: build :class:`RunLogger` with ``enabled=(rank == 0)`` and every method
