@@ -36,7 +36,6 @@ REFERENCE_ONLY_MODULES = {
     "power_iteration": "the exact power-iteration view of Eq. 10, shown on graphs only",
     "gha": "Sanger's rule on vectors (Eq. 11); at scale GHA is the LT(Cbar) of the MINC loss",
     "tolerances": "the tolerance table itself, shared by both sides (plain Python)",
-    "train": "old name of graph_train, kept until scaled/tools/experiments.py imports the new one",
 }
 
 # Public functions of paired modules without a twin, and why.
