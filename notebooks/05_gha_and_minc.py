@@ -239,7 +239,7 @@ print(
 # `v_1, v_2, v_3` up to minibatch noise. A free table has one parameter row per node and nothing
 # shared between nodes, so the mechanism behind the collapse with a network (shared weights, a
 # slowly updated `Cbar` that lags behind a moving representation) may simply be absent; notebook 6
-# and `scaled/experiments.py` look at it further. We report it rather than tune until it appears.
+# and `scaled/tools/experiments.py` look at it further. We report it rather than tune until it appears.
 
 # %%
 results = {}

@@ -159,5 +159,5 @@ print(np.array2string(error, precision=4))
 #   floor of `tau = 0`. On a free table the online features are already exact per node, so a
 #   target network has little noise to remove; its benefit on images (stability of a network's
 #   shared weights, BYOL) cannot show here.
-# - The ablations at CPU scale with a network are in `scaled/experiments.py` and
+# - The ablations at CPU scale with a network are in `scaled/tools/experiments.py` and
 #   `docs/results.md`.

@@ -200,8 +200,8 @@ print(
 #   printed squared bias is large at `B <= 8` and shrinks like `1/B`) and is *worse* than
 #   pairwise at small `B`. The auxiliary EMA (`beta = 0.8`, about 9 batches) recovers most of the
 #   gain of the exact `C`: one concrete reason for `beta > 0` (paper's Fig. 3).
-# - This is one small graph and a free table; the image-scale measurement (`scaled/bench.py`,
-#   `scaled/experiments.py`, `docs/results.md`) is the one that decides the practical question.
+# - This is one small graph and a free table; the image-scale measurement (`scaled/tools/bench/`,
+#   `scaled/tools/experiments.py`, `docs/results.md`) is the one that decides the practical question.
 
 # %%
 for label, res in results.items():

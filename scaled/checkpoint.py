@@ -80,7 +80,7 @@ def newest_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | N
             if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
                 raise ValueError("not a pretrain.py checkpoint")
             return path, ckpt
-        except Exception as err:  # noqa: BLE001 - any failure means "not usable"
+        except Exception as err:  # any failure means "not usable"
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             print(
                 f"warning: checkpoint {path} is unreadable ({msg}); "

@@ -4,7 +4,7 @@ Every field of `PretrainConfig` is a command-line option of `scaled/pretrain.py`
 (`--field-name`); a preset (`--preset NAME`) only changes the defaults. Each preset is a function
 whose docstring states the command, the hardware it was sized for and the expected result.
 ImageNet presets have **not been run by this project**; their docstrings quote the public
-reference points of METHOD.md section 7 and nothing else.
+reference points of docs/method.md section 7 and nothing else.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def imagenet_r50x2_minc() -> PretrainConfig:
     --data-dir /path/to/imagenet``.
     Hardware: 8 GPUs with 80 GB each; use ``--accum-steps 2`` on 40 GB cards.
     Expected result: not run here; the paper reports MINC ahead of the spectral baseline at 2x
-    width too. No public 100-epoch 2x reference number is quoted in METHOD.md.
+    width too. No public 100-epoch 2x reference number is quoted in docs/method.md.
     """
     return PretrainConfig(method="minc", arch="resnet50x2", sync_bn=True, feature_norm=1.0)
 
@@ -250,7 +250,7 @@ def imagenet_r50_linear_byol() -> PretrainConfig:
     --data-dir /path/to/imagenet``.
     Hardware: 8 GPUs with >= 40 GB each.
     Expected result: not run here; the paper reports MINC competitive with it. No public number
-    is quoted in METHOD.md.
+    is quoted in docs/method.md.
     """
     return PretrainConfig(method="byol", arch="resnet50", predictor="linear", sync_bn=True)
 
@@ -258,7 +258,7 @@ def imagenet_r50_linear_byol() -> PretrainConfig:
 def demo() -> PretrainConfig:
     """MINC on the embedded MNIST digits, small ResNet, 2 CPU processes (gloo).
 
-    Command: ``make demo`` (= ``python -m scaled.demo``, which runs ``torchrun
+    Command: ``make demo`` (= ``python -m scaled.tools.demo``, which runs ``torchrun
     --nproc_per_node=2 scaled/pretrain.py --preset demo`` and then the linear probe).
     Hardware: 2 CPU cores, no GPU; a few minutes.
     Expected result: the probe accuracy of the pretrained encoder is above both the same encoder

@@ -2,7 +2,7 @@
 
 The default loader (`--loader torch`, scaled/data.py) decodes and augments JPEGs on CPU worker
 processes; at ImageNet scale on a fast GPU that needs ~8-12 CPU cores per GPU (see the loader
-benchmark, `python -m scaled.bench loader`, and docs/scaling.md). This module moves the JPEG
+benchmark, `python -m scaled.tools.bench loader`, and docs/scaling.md). This module moves the JPEG
 decode (nvJPEG, `device="mixed"`) and every augmentation onto the GPU and returns two views of
 each image, so a node with few CPU cores can still feed its GPUs.
 
@@ -18,7 +18,7 @@ reproducible for a fixed `seed`, but not bit-equal to the torch loader).
 installed. Only the error path below is tested on CPU; tests/perf/test_dali_loader.py holds a
 `gpu`-marked test that builds this pipeline and checks shapes, dtypes and per-view statistics
 on a generated ImageFolder when CUDA and DALI are present. Install with ``pip install ".[dali]"``
-(CUDA 12 wheels).
+(CUDA 13 wheels, matching torch).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 INSTALL_HINT = (
-    'install it with `pip install ".[dali]"` on a machine with an NVIDIA GPU and CUDA 12, '
+    'install it with `pip install ".[dali]"` on a machine with an NVIDIA GPU and CUDA 13, '
     "or use the default `--loader torch`"
 )
 

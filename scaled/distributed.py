@@ -22,7 +22,6 @@ __all__ = [
     "global_second_moment",
     "init_distributed",
     "rank",
-    "update_cbar",
 ]
 
 
@@ -30,19 +29,22 @@ def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed() -> tuple[int, int, int, torch.device]:
-    """Join the process group described by the torchrun environment.
+def init_distributed(device_type: str | None = None) -> tuple[int, int, int, torch.device]:
+    """Join the process group described by the torchrun environment, for `device_type`.
 
     Reads RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR / MASTER_PORT through the default
-    ``env://`` init). Backend: NCCL when CUDA is available, gloo otherwise. A single process
-    started without torchrun (no RANK / WORLD_SIZE in the environment) does not initialise a
-    group and gets ``(0, 1, 0, device)``.
+    ``env://`` init). `device_type` is "cuda" or "cpu" (None: cuda when available); the backend
+    follows it in this one place: NCCL for CUDA tensors, gloo for CPU tensors (also on a machine
+    that has GPUs). A single process started without torchrun (no RANK / WORLD_SIZE in the
+    environment) does not initialise a group and gets ``(0, 1, 0, device)``.
 
     Returns
     -------
     rank, world_size, local_rank, device
     """
-    cuda = torch.cuda.is_available()
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device_type == "cuda"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1, 0, torch.device("cuda:0" if cuda else "cpu")
     try:
@@ -135,26 +137,3 @@ def global_second_moment(z: torch.Tensor, *, local: bool = False) -> torch.Tenso
         if not local and _initialized():
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
         return packed[: k * k].reshape(k, k) / packed[k * k]
-
-
-def update_cbar(Cbar: torch.Tensor | None, C_batch: torch.Tensor, beta: float) -> torch.Tensor:
-    """Auxiliary EMA of the second moment: ``Cbar <- beta Cbar + (1 - beta) C_batch`` (Eq. 15).
-
-    Initialisation [CHOICE C11]: pass ``Cbar=None`` on the first step; the result is a copy of
-    `C_batch` (no zero-start bias). Otherwise `Cbar` is updated **in place** (so a registered
-    buffer stays the same tensor) and returned. With `C_batch` from `global_second_moment`,
-    `Cbar` is identical on every rank.
-    """
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}; beta is the auxiliary EMA rate")
-    C_batch = C_batch.detach()
-    if Cbar is None:
-        return C_batch.clone()
-    if Cbar.shape != C_batch.shape:
-        raise ValueError(
-            f"Cbar has shape {tuple(Cbar.shape)} but C_batch has {tuple(C_batch.shape)}; "
-            "both must be k x k for the same k"
-        )
-    with torch.no_grad():
-        Cbar.mul_(beta).add_(C_batch.to(Cbar.dtype), alpha=1.0 - beta)
-    return Cbar

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from scaled.distributed import update_cbar
+from scaled.ema import ema_update
 from scaled.losses import (
     minc_loss,
     minc_loss_batch,
@@ -81,6 +81,30 @@ def fit(
     device, dtype
         Where and in which precision the table and the graph live.
     """
+    W = _check_fit_args(W, k, method, steps, lr, batch_size, tau, beta, dtype, device)
+    use_lt = gha if method == "minc" else False
+    gen = torch.Generator().manual_seed(seed)
+    phi = _initial_phi(W.shape[0], k, phi0, init_scale, gen, dtype).to(device)
+    W_cpu = W.detach().to("cpu")  # torch.multinomial with a CPU generator samples on the CPU
+    phibar = phi.clone()
+    Cbar: torch.Tensor | None = None
+    for step in range(steps):
+        phi.requires_grad_(True)
+        pairs = None
+        if batch_size is not None:
+            pairs = tuple(t.to(device) for t in sample_pairs(W_cpu, batch_size, gen))
+        loss, Cbar = _step_loss(method, phi, phibar, W, pairs, Cbar, beta, use_lt)
+        (g,) = torch.autograd.grad(loss, phi)
+        with torch.no_grad():
+            phi = phi - lr * g
+            phibar = phi.clone() if tau == 0.0 else ema_update(phibar, phi, tau)  # (Eq. 14)
+        if callback is not None:
+            callback(step, phi)
+    return phi.detach()
+
+
+def _check_fit_args(W, k, method, steps, lr, batch_size, tau, beta, dtype, device):
+    """`W` as a tensor on `device`; ValueError for arguments `fit` cannot use."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     W = torch.as_tensor(W, dtype=dtype).to(device)
@@ -104,43 +128,42 @@ def fit(
         )
     if method == "spectral" and batch_size == 1:
         raise ValueError("the unbiased pairwise spectral estimator needs batch_size >= 2")
-    use_lt = gha if method == "minc" else False
-    gen = torch.Generator().manual_seed(seed)
+    return W
+
+
+def _initial_phi(N, k, phi0, init_scale, gen, dtype) -> torch.Tensor:
+    """``phi0`` if given (checked N x k), else ``init_scale * N(0, 1)`` drawn from `gen`."""
     if phi0 is None:
-        phi = init_scale * torch.randn(N, k, generator=gen, dtype=dtype)
-    else:
-        phi = torch.as_tensor(phi0, dtype=dtype).clone()
-        if phi.shape != (N, k):
-            raise ValueError(f"phi0 must have shape ({N}, {k}), got {tuple(phi.shape)}")
-    phi = phi.to(device)
-    W_cpu = W.detach().to("cpu")  # torch.multinomial with a CPU generator samples on the CPU
-    phibar = phi.clone()
-    Cbar: torch.Tensor | None = None
-    for step in range(steps):
-        phi.requires_grad_(True)
-        if batch_size is None:
-            if method == "spectral":
-                loss = spectral_loss(phi, W)
-            elif method == "noncontrastive":
-                loss = noncontrastive_loss(phi, W)
-            else:
-                Cbar = update_cbar(Cbar, second_moment(phibar, W), beta)
-                loss = minc_loss(phi, W, phibar=phibar, Cbar=Cbar, gha=use_lt)
-        else:
-            i, j = (t.to(device) for t in sample_pairs(W_cpu, batch_size, gen))
-            if method == "spectral":
-                loss = spectral_loss_batch(phi[i], phi[j])
-            else:
-                C_new = second_moment_batch(torch.cat([phibar[i], phibar[j]]))
-                Cbar = update_cbar(Cbar, C_new, beta)
-                loss = 0.5 * (
-                    minc_loss_batch(phi[i], phibar[j], Cbar, gha=use_lt)
-                    + minc_loss_batch(phi[j], phibar[i], Cbar, gha=use_lt)
-                )
-        (g,) = torch.autograd.grad(loss, phi)
-        with torch.no_grad():
-            phi = phi - lr * g
-            phibar = phi.clone() if tau == 0.0 else tau * phibar + (1.0 - tau) * phi
-        if callback is not None:
-            callback(step, phi)
-    return phi.detach()
+        return init_scale * torch.randn(N, k, generator=gen, dtype=dtype)
+    phi = torch.as_tensor(phi0, dtype=dtype).clone()
+    if phi.shape != (N, k):
+        raise ValueError(f"phi0 must have shape ({N}, {k}), got {tuple(phi.shape)}")
+    return phi
+
+
+def _step_loss(method, phi, phibar, W, pairs, Cbar, beta, use_lt):
+    """(loss, Cbar) of one step: exact graph form when `pairs` is None, else the minibatch
+    estimators on the sampled pairs; Cbar is updated before use (Eq. 15), starting at the first
+    C (C11)."""
+    if pairs is None:
+        if method == "spectral":
+            return spectral_loss(phi, W), Cbar
+        if method == "noncontrastive":
+            return noncontrastive_loss(phi, W), Cbar
+        Cbar = _cbar_update(Cbar, second_moment(phibar, W), beta)
+        return minc_loss(phi, W, phibar=phibar, Cbar=Cbar, gha=use_lt), Cbar
+    i, j = pairs
+    if method == "spectral":
+        return spectral_loss_batch(phi[i], phi[j]), Cbar
+    Cbar = _cbar_update(Cbar, second_moment_batch(torch.cat([phibar[i], phibar[j]])), beta)
+    loss = 0.5 * (
+        minc_loss_batch(phi[i], phibar[j], Cbar, gha=use_lt)
+        + minc_loss_batch(phi[j], phibar[i], Cbar, gha=use_lt)
+    )
+    return loss, Cbar
+
+
+def _cbar_update(Cbar: torch.Tensor | None, C_new: torch.Tensor, beta: float) -> torch.Tensor:
+    """Cbar <- beta Cbar + (1 - beta) C (Eq. 15); the first call returns C itself (C11)."""
+    C_new = C_new.detach()
+    return C_new.clone() if Cbar is None else ema_update(Cbar, C_new, beta)

@@ -59,7 +59,7 @@ class ResNetBackbone(torchvision.models.ResNet):
         self.num_features = int(512 * width_mult) * block.expansion
         self.fc = nn.Identity()
 
-    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # noqa: D401
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         if planes == 64:  # first stage: the stem's output channels
             self.inplanes = int(64 * self._width_mult)
         return super()._make_layer(block, int(planes * self._width_mult), blocks, stride, dilate)

@@ -225,7 +225,7 @@ class RunLogger:
         self.desc = desc
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.plain_interval_s = plain_interval_s
-        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._writer = self._open_tensorboard() if tensorboard else None
         self._bar = None
         self._start_time = time.monotonic()

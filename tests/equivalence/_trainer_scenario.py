@@ -44,10 +44,18 @@ def _weights(modules) -> list[torch.Tensor]:
 
 
 def run_steps(rank: int = 0, world: int = 1) -> list[dict]:
-    """STEPS trainer steps on rows [rank * b, (rank + 1) * b) of each global batch."""
+    """STEPS trainer steps on rows [rank * b, (rank + 1) * b) of each global batch (float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return _run_steps(rank, world)
+    finally:
+        torch.set_default_dtype(previous)  # the test process goes on with other tests
+
+
+def _run_steps(rank: int, world: int) -> list[dict]:
     from scaled.pretrain import build_run_state, train_step
 
-    torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)  # the same initial weights on every rank (as train() seeds them)
     cfg = config()
     run = build_run_state(

@@ -163,7 +163,7 @@ def sync_errors_outside_log_closures() -> Iterator[None]:
     `train` (switched with a profile hook on their call and return events)."""
     depth = [0]
 
-    def hook(frame, event, arg):  # noqa: ARG001
+    def hook(frame, event, arg):
         code = frame.f_code
         if code.co_name in LOG_FUNCTIONS and str(Path(code.co_filename).resolve()) == PRETRAIN_FILE:
             if event == "call":
