@@ -350,9 +350,7 @@ def class_index_map(train_classes, split_classes, split: str) -> list[int]:
     return [index[c] for c in split_classes]
 
 
-def eval_dataset(
-    cfg, split: str, augment: bool = False, train_classes=None
-) -> ViewsDataset:
+def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> ViewsDataset:
     """One-view evaluation set (`augment`: the linear-probe training augmentation).
 
     ImageFolder labels are indices into `train_classes` (default: this split's own sorted

@@ -14,6 +14,8 @@ Several ranks split the test rows (`rank`, `world`) and add their counts with on
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as nnf
@@ -46,7 +48,8 @@ def knn_neighbours(
         best_s = q.new_empty(len(q), 0)
         best_i = torch.empty(len(q), 0, dtype=torch.long, device=q.device)
         for j in range(0, len(a), train_chunk):
-            s, idx = (q @ a[j : j + train_chunk].T).topk(min(k, len(a) - j), dim=1)
+            block = a[j : j + train_chunk]
+            s, idx = (q @ block.T).topk(min(k, len(block)), dim=1)
             best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), 1)
             best_i = torch.cat([best_i, idx + j], 1).gather(1, order)
         sims.append(best_s)
@@ -88,9 +91,7 @@ def knn_classify(
         num_classes = int(torch.cat([train_y, test_y]).max()) + 1
     mine = slice(rank, None, world)
     xs, ys = test_x[mine], test_y[mine].to(train_x.device)
-    sims, idx = knn_neighbours(
-        train_x, xs, max(ks), test_chunk=test_chunk, train_chunk=train_chunk
-    )
+    sims, idx = knn_neighbours(train_x, xs, max(ks), test_chunk=test_chunk, train_chunk=train_chunk)
     neighbour_labels = train_y.to(train_x.device)[idx]
     counts = []
     for k in ks:
@@ -106,3 +107,60 @@ def knn_classify(
         out[f"knn{k}_top1"] = float(totals[2 * i]) / n
         out[f"knn{k}_top5"] = float(totals[2 * i + 1]) / n
     return out
+
+
+# --------------------------------------------------------------------------- pretraining monitor
+
+
+@functools.lru_cache(maxsize=2)
+def monitor_sets(cfg):
+    """(train subset, val subset) of the kNN monitor: `knn_samples` images of each, fixed.
+
+    The first `knn_samples` of a permutation seeded by MONITOR_SEED (never by --seed, so runs
+    with different seeds are monitored on the same images); labels follow train's class list.
+    Cached: built once per run (the scan of an ImageFolder, the load of the digits).
+    """
+    from torch.utils.data import Subset
+
+    from scaled.data import eval_dataset
+
+    train = eval_dataset(cfg, "train")
+    val = eval_dataset(cfg, "val" if cfg.data_dir else "test", train_classes=train.classes)
+    g = torch.Generator().manual_seed(MONITOR_SEED)
+    pick = [torch.randperm(len(s), generator=g)[: cfg.knn_samples].tolist() for s in (train, val)]
+    return Subset(train, pick[0]), Subset(val, pick[1]), len(train.classes)
+
+
+MONITOR_SEED = 16
+
+
+def knn_due(cfg, step: int, steps_per_epoch: int) -> bool:
+    """Whether optimiser step `step` ends an epoch that `--knn-every N` monitors."""
+    epoch, inside = divmod(step, steps_per_epoch)
+    return bool(cfg.knn_every) and inside == 0 and epoch > 0 and epoch % cfg.knn_every == 0
+
+
+@torch.no_grad()
+def knn_monitor(model, cfg, *, rank: int, world: int, device, amp_dtype=None) -> dict:
+    """kNN accuracies (k = 20, 200) of `model.online.backbone` on the monitor subsets.
+
+    Every rank extracts its shard of the features (gathered, float16 on CUDA) and classifies its
+    share of the val rows (`knn_classify`), so the cost is split over ranks; the backbone is put
+    back in train mode. Returns ``{"knn20_top1": ..., ...}`` for `log_metrics`.
+    """
+    from scaled.linear_eval import extract_features
+
+    train, val, n_classes = monitor_sets(cfg)
+    backbone = model.online.backbone
+    was_training = backbone.training
+    kw = dict(
+        device=device, rank=rank, world=world, amp_dtype=amp_dtype, num_workers=0,
+        dtype=torch.float16 if torch.device(device).type == "cuda" else torch.float32,
+    )  # fmt: skip
+    try:
+        tx, ty = extract_features(backbone, train, **kw)
+        vx, vy = extract_features(backbone, val, **kw)
+    finally:
+        backbone.train(was_training)
+    result = knn_classify(tx, ty, vx, vy, num_classes=n_classes, rank=rank, world=world)
+    return {k: v for k, v in result.items() if k.endswith("top1")}

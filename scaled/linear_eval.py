@@ -293,9 +293,7 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-def head_step(
-    backbone, head, opt, x, y, global_batch: int, ctx: dict
-) -> torch.Tensor:
+def head_step(backbone, head, opt, x, y, global_batch: int, ctx: dict) -> torch.Tensor:
     """One step on this rank's share: summed CE / global batch, head gradient all-reduced."""
     opt.zero_grad(set_to_none=False)
     loss = torch.zeros((), device=ctx["device"])

@@ -21,7 +21,7 @@ from .helpers import TINY
 def fake_checkpoint(
     run_dir: Path, extra: list[str] = (), in_channels: int = 3, num_classes: int = 3
 ) -> Path:
-    """`run_dir/ckpt_00000001.pt` of the TINY config (+ `extra`), seeded weights, random BN stats."""
+    """`run_dir/ckpt_00000001.pt` of TINY (+ `extra`): seeded weights, random BN statistics."""
     cfg = parse_config([*TINY, "--output-dir", str(run_dir), *extra])
     torch.manual_seed(cfg.seed)
     model = SSLModel(cfg, in_channels, num_classes)
