@@ -35,20 +35,21 @@ def knn_neighbours(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(similarities, train indices) of the `k` nearest train rows of each test row, sorted.
 
-    Both inputs are L2-normalised here (cosine similarity), in float32 or wider. The result
-    equals `(test @ train.T).topk(k)` up to the order of exactly tied similarities.
+    Both inputs are L2-normalised here (cosine similarity) and compared in float32 or wider;
+    `train_x` may be stored in float16 (it is widened one chunk at a time). The result equals
+    `(test @ train.T).topk(k)` up to the order of exactly tied similarities.
     """
     dtype = torch.promote_types(train_x.dtype, torch.float32)
-    a = nnf.normalize(train_x.to(dtype), dim=1)
     b = nnf.normalize(test_x.to(dtype), dim=1)
-    k = min(k, len(a))
+    n = len(train_x)
+    k = min(k, n)
     sims, idxs = [], []
     for i in range(0, len(b), test_chunk):
         q = b[i : i + test_chunk]
         best_s = q.new_empty(len(q), 0)
         best_i = torch.empty(len(q), 0, dtype=torch.long, device=q.device)
-        for j in range(0, len(a), train_chunk):
-            block = a[j : j + train_chunk]
+        for j in range(0, n, train_chunk):  # widened and normalised per chunk: no full copy
+            block = nnf.normalize(train_x[j : j + train_chunk].to(dtype), dim=1)
             s, idx = (q @ block.T).topk(min(k, len(block)), dim=1)
             best_s, order = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), 1)
             best_i = torch.cat([best_i, idx + j], 1).gather(1, order)
