@@ -64,6 +64,7 @@ def test_one_and_two_processes_agree(setup, mode):
         assert not torch.equal(head_one["head"]["weight"], torch.zeros_like(w))
 
 
+@pytest.mark.slow
 def test_resume_auto_continues_exactly(setup, monkeypatch):
     _, whole = run_one(setup, "whole", FULL)
     real, calls = le.train_epoch, []
@@ -105,6 +106,7 @@ def test_val_labels_follow_train_classes(tmp_path):
         assert train.classes[label] == path.split("/")[-2]
 
 
+@pytest.mark.slow
 def test_knn_monitor_is_logged_at_epoch_ends(setup):
     from scaled.pretrain import main
 
