@@ -30,6 +30,7 @@ def exported(tmp_path, extra: list[str], in_channels: int = 3):
     return load_backbone(ckpt)[1], state, info
 
 
+@pytest.mark.slow  # 31 s on the shared 2-core machine (a ResNet-50 built, saved, loaded)
 def test_resnet50_loads_into_torchvision_with_the_same_features(tmp_path, capsys):
     ours, state, info = exported(tmp_path, ["--arch", "resnet50"])
     assert "m.fc = torch.nn.Identity()" in capsys.readouterr().out
