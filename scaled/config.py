@@ -172,6 +172,12 @@ class PretrainConfig:
     eval_mode: str = field(
         default="full", metadata={"help": "linear_eval.py default: full (augmented) | fast"}
     )
+    knn_every: int = field(
+        default=0, metadata={"help": "kNN monitor (scaled.knn) every N epochs; 0: off"}
+    )
+    knn_samples: int = field(
+        default=10000, metadata={"help": "kNN monitor: labelled train (and at most val) images"}
+    )
     n_train: int = field(default=4000, metadata={"help": "embedded digits: train split size"})
     fault_inject: str = field(
         default="",
@@ -354,6 +360,8 @@ def validate(cfg: PretrainConfig) -> None:
     for name in positive + ("log_every", "keep_checkpoints", "small_blocks"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{_flag(name)} must be >= 1; pass a positive integer")
+    if cfg.knn_every < 0 or cfg.knn_samples < 1:
+        raise UserError("--knn-every must be >= 0 (0: off) and --knn-samples >= 1; fix the value")
     if cfg.max_steps < 0 or cfg.checkpoint_every < 0:
         raise UserError("--max-steps and --checkpoint-every must be >= 0; 0 means off")
     if cfg.lr <= 0:

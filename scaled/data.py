@@ -236,6 +236,7 @@ class ViewsDataset(Dataset):
     def __init__(self, source, transforms: tuple[Callable, ...], seed: int = 0) -> None:
         self.source, self.transforms, self.seed = source, transforms, seed
         self.batched_transform: Callable | None = None
+        self.classes: list[str] | None = None  # class names of the labels (evaluation sets)
         self._warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -319,14 +320,61 @@ def pretrain_dataset(cfg, split: str = "train") -> tuple[ViewsDataset, int, int]
     return ViewsDataset(TensorImages(images, labels), (t, t), cfg.seed), 1, 10
 
 
-def eval_dataset(cfg, split: str, augment: bool = False) -> ViewsDataset:
-    """One-view evaluation set (`augment`: the linear-probe training augmentation)."""
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+
+
+def class_index_map(train_classes, split_classes, split: str) -> list[int]:
+    """Index in `train_classes` of each class of `split` (the val split's labels follow TRAIN).
+
+    `scan_image_folder` numbers the classes of each split from its own sorted folder list, so a
+    val split lacking one class would shift every label after it. A class of `split` that train
+    does not have is a UserError (the probe cannot predict it); a train class absent from
+    `split` only warns (its accuracy is just not measured).
+    """
+    index = {name: i for i, name in enumerate(train_classes)}
+    unknown = [c for c in split_classes if c not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise UserError(
+            f"{split} has {len(unknown)} class folder(s) that train does not have ({shown}); "
+            f"use the same class folder names in train/ and {split}/"
+        )
+    missing = sorted(set(train_classes) - set(split_classes))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(
+            f"warning: {split} has no images of {len(missing)} train class(es) ({shown}); "
+            "they are not measured",
+            file=sys.stderr,
+        )
+    return [index[c] for c in split_classes]
+
+
+def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> ViewsDataset:
+    """One-view evaluation set (`augment`: the linear-probe training augmentation).
+
+    ImageFolder labels are indices into `train_classes` (default: this split's own sorted
+    class list, which for the train split is the same thing); the dataset's `classes` attribute
+    is that list. The embedded digits have the classes "0".."9".
+    """
     if cfg.data_dir:
-        samples, _ = scan_image_folder(cfg.data_dir, split)
+        samples, classes = scan_image_folder(cfg.data_dir, split)
+        if train_classes is not None:
+            remap = class_index_map(list(train_classes), classes, split)
+            samples = [(path, remap[label]) for path, label in samples]
+            classes = list(train_classes)
         t = linear_train_transform(cfg.image_size) if augment else eval_transform(cfg.image_size)
-        return ViewsDataset(ImageFiles(samples), (t,), cfg.seed)
+        ds = ViewsDataset(ImageFiles(samples), (t,), cfg.seed)
+        ds.classes = list(classes)
+        return ds
     images, labels = embedded_digits(split, cfg.n_train)
     t = digit_transform(cfg.crop_scale_min) if augment else digit_eval_transform()
     ds = ViewsDataset(TensorImages(images, labels), (t,), cfg.seed)
     ds.batched_transform = None if augment else t  # deterministic: may run on the whole tensor
+    ds.classes = list(DIGIT_CLASSES)
     return ds
+
+
+def eval_in_channels(cfg) -> int:
+    """Channels of the images `eval_dataset` gives: 3 for an ImageFolder (RGB), 1 for digits."""
+    return 3 if cfg.data_dir else 1

@@ -1,12 +1,27 @@
-"""Linear evaluation of a frozen backbone: `scaled/linear_eval.py --checkpoint PATH`.
+"""Linear evaluation of a frozen backbone, on one or many processes.
 
-Two modes:
-- `fast` (default for the demo): extract features once (no augmentation), standardise them and
-  fit a linear classifier with SGD on the fixed features.
-- `full` (default for ImageNet presets): the standard protocol, SGD on a linear layer over the
-  frozen backbone with RandomResizedCrop + flip, cosine lr, `--epochs` (90 for the presets).
-Both report top-1 / top-5 and a kNN accuracy (k = 20, cosine similarity, votes weighted by
-exp(sim / 0.07)) as a second monitor. The result is written as JSON next to the checkpoint.
+    torchrun --nproc_per_node=N scaled/linear_eval.py --checkpoint RUN_OR_CKPT [--data-dir ROOT]
+
+Two modes (the preset's `eval_mode` is the default):
+
+- `full`, the standard protocol of SimSiam (facebookresearch/simsiam, main_lincls.py): the
+  backbone frozen in eval mode (BatchNorm uses its running statistics), a linear layer
+  (weights N(0, 0.01), bias 0) trained 90 epochs with batch 4096 and lr 0.1 x B / 256 (= 1.6),
+  momentum 0.9, no weight decay, cosine decay per epoch, LARS (`--optimizer lars`, SimSiam's
+  `--lars`, default) or plain SGD; RandomResizedCrop(224) + flip for training, Resize(256) +
+  CenterCrop(224) for testing (DINO's eval_linear.py uses the same transforms). The batch is
+  global: rank r takes rows r, r + R, ... of every global batch, each rank's summed
+  cross-entropy is divided by the global batch size and the head's gradient is all-reduced, so
+  R processes take exactly the steps of one (the last, smaller batch included). A checkpoint is
+  written after every epoch; `--resume auto` continues from it.
+- `fast`: features extracted once without augmentation (each rank a contiguous shard, gathered
+  in float16 on CUDA), then a logistic-regression probe on the standardised features.
+
+Both report top-1 / top-5 over the whole validation set (gathered over ranks) and DINO's
+weighted kNN (`scaled.knn`, k = 20 and 200, T = 0.07). Validation labels are indices into the
+TRAIN split's class list (saved in the result). The result is JSON, by default next to the
+checkpoint (`<ckpt>.linear_eval.json`). bf16 autocast, pinned memory and data-loader workers
+are on by default on CUDA.
 """
 
 from __future__ import annotations
@@ -25,34 +40,93 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as nnf
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from scaled.checkpoint import load_model, newest_valid_checkpoint
+from scaled.checkpoint import (
+    atomic_save,
+    checkpoint_shapes,
+    list_checkpoints,
+    load_checkpoint,
+    load_model,
+    newest_valid_checkpoint,
+)
 from scaled.config import PretrainConfig, UserError
-from scaled.data import eval_dataset
+from scaled.data import eval_dataset, eval_in_channels
+from scaled.distributed import cleanup, init_distributed
+from scaled.knn import knn_classify
+from scaled.optim import LARS
+
+# SimSiam main_lincls.py defaults (see the module docstring).
+FULL_BATCH, FAST_BATCH, BASE_LR = 4096, 256, 0.1
+
+# --------------------------------------------------------------------------- sharding
+
+
+def shard_range(n: int, rank: int, world: int) -> range:
+    """Rank `rank`'s contiguous share of `n` rows (shares differ by at most one row)."""
+    return range(n * rank // world, n * (rank + 1) // world)
+
+
+def gather_shards(t: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """Concatenate every rank's `shard_range` rows of an `n`-row tensor, on every rank."""
+    if world == 1:
+        return t
+    rows = max(len(shard_range(n, r, world)) for r in range(world))
+    padded = t.new_zeros(rows, *t.shape[1:])
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: len(shard_range(n, r, world))] for r, p in enumerate(parts)])
+
 
 # --------------------------------------------------------------------------- features
 
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module, dataset, *, batch_size: int = 256, device: str = "cpu"
+    backbone: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    amp_dtype: torch.dtype | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features (eval mode) and labels of every item of a one-view `ViewsDataset`."""
+    """Backbone features (eval mode) and labels of every item of a one-view dataset, on `device`.
+
+    Rank r extracts its `shard_range` and the shards are gathered in `dtype` (float16 halves
+    the bytes: 1.28M x 2048 ImageNet features are 5.2 GB), so every rank gets all rows in order.
+    """
     backbone.eval().to(device)
-    if getattr(dataset, "batched_transform", None) is not None:  # in-memory digits: one call
-        x = dataset.batched_transform(dataset.source.images)
-        chunks = x.split(batch_size)
-        feats = [backbone(c.to(device)).float().cpu() for c in chunks]
-        return torch.cat(feats), dataset.source.labels.clone()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    device = torch.device(device)
+    mine = shard_range(len(dataset), rank, world)
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     feats, labels = [], []
-    for x, y, *_ in loader:
-        feats.append(backbone(x.to(device)).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    if getattr(dataset, "batched_transform", None) is not None:  # in-memory digits: one call
+        x = dataset.batched_transform(dataset.source.images[mine.start : mine.stop])
+        for c in x.split(batch_size):
+            with autocast:
+                feats.append(backbone(c.to(device)).to(dtype))
+        labels = [dataset.source.labels[mine.start : mine.stop].to(device)]
+    else:
+        loader = DataLoader(
+            Subset(dataset, mine), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        for x, y, *_ in loader:
+            with autocast:
+                feats.append(backbone(x.to(device, non_blocking=True)).to(dtype))
+            labels.append(y.to(device))
+    width = getattr(backbone, "num_features", None)
+    f = torch.cat(feats) if feats else torch.zeros(0, width or 0, dtype=dtype, device=device)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    return gather_shards(f, len(dataset), world), gather_shards(y, len(dataset), world)
 
 
 def pixel_features(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,13 +134,26 @@ def pixel_features(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return extract_features(nn.Flatten(), dataset)
 
 
-# --------------------------------------------------------------------------- classifiers
+# --------------------------------------------------------------------------- fast probe
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of rows whose label is among the `k` largest logits."""
     k = min(k, logits.shape[1])
     return float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean())
+
+
+class Standardised(nn.Module):
+    """`linear((x - mean) / std)`: the fast probe with its feature standardisation."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, linear: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x.float() - self.mean) / self.std)
 
 
 def fit_linear_probe(
@@ -78,26 +165,30 @@ def fit_linear_probe(
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     seed: int = 0,
+    num_classes: int | None = None,
 ) -> nn.Module:
     """Multinomial logistic regression on standardised features, SGD + cosine lr.
 
-    Returns a module mapping raw features to logits (the standardisation is part of it).
+    Returns a module mapping raw features to logits (the standardisation is part of it). A
+    training set smaller than `batch_size` is one (smaller) batch per epoch.
     """
     g = torch.Generator().manual_seed(seed)
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    n_classes = int(train_y.max()) + 1
-    linear = nn.Linear(train_x.shape[1], n_classes)
+    x = train_x.to(torch.float32, copy=True)  # standardised in place below: one float32 copy
+    mean, std = x.mean(0), x.std(0).nan_to_num(1.0).clamp_min(1e-6)
+    n_classes = num_classes or int(train_y.max()) + 1
+    linear = nn.Linear(x.shape[1], n_classes)
     with torch.no_grad():
-        linear.weight.normal_(0.0, 0.01, generator=g)
+        linear.weight.normal_(0.0, 0.01, generator=g)  # on the CPU: the seeded generator's
         linear.bias.zero_()
-    xs = (train_x - mean) / std
+    linear = linear.to(x.device)
+    xs = x.sub_(mean).div_(std)  # ImageNet: 1.28M x 2048 float32 is 10.5 GB, held once
     opt = torch.optim.SGD(
         linear.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
     steps_per_epoch = math.ceil(len(xs) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
     for _ in range(epochs):
-        perm = torch.randperm(len(xs), generator=g)
+        perm = torch.randperm(len(xs), generator=g).to(xs.device)
         for i in range(0, len(xs), batch_size):
             idx = perm[i : i + batch_size]
             loss = nnf.cross_entropy(linear(xs[idx]), train_y[idx])
@@ -105,21 +196,9 @@ def fit_linear_probe(
             loss.backward()
             opt.step()
             sched.step()
-
-    class Standardised(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("mean", mean)
-            self.register_buffer("std", std)
-            self.linear = linear
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.linear((x - self.mean) / self.std)
-
-    return Standardised()
+    return Standardised(mean, std, linear)
 
 
-@torch.no_grad()
 def knn_accuracy(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -129,17 +208,9 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
 ) -> float:
-    """Weighted kNN top-1 (Wu et al. 2018): cosine similarity, votes exp(sim / temperature)."""
-    a, b = nnf.normalize(train_x, dim=1), nnf.normalize(test_x, dim=1)
-    n_classes = int(train_y.max()) + 1
-    correct = 0
-    for i in range(0, len(b), 1024):
-        sim = b[i : i + 1024] @ a.T
-        top, idx = sim.topk(min(k, len(a)), dim=1)
-        votes = torch.zeros(len(top), n_classes)
-        votes.scatter_add_(1, train_y[idx], (top / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[i : i + 1024]).sum())
-    return correct / len(b)
+    """Weighted kNN top-1 (DINO's rule, `scaled.knn.knn_classify`) for one `k`."""
+    result = knn_classify(train_x, train_y, test_x, test_y, ks=(k,), temperature=temperature)
+    return result[f"knn{k}_top1"]
 
 
 def evaluate_features(
@@ -150,74 +221,243 @@ def evaluate_features(
     *,
     epochs: int = 100,
     seed: int = 0,
+    batch_size: int = FAST_BATCH,
+    num_classes: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, float]:
-    """Fast linear probe (top-1, top-5) and kNN top-1 on fixed features."""
-    probe = fit_linear_probe(train_x, train_y, epochs=epochs, seed=seed)
+    """Fast linear probe (top-1, top-5) and kNN (k = 20, 200; `knn_top1` is k = 20).
+
+    Every rank fits the same probe on the same gathered features (no rank waits on another);
+    the kNN splits the test rows over ranks.
+    """
+    n_classes = num_classes or int(torch.cat([train_y, test_y]).max()) + 1
+    probe = fit_linear_probe(
+        train_x, train_y, epochs=epochs, seed=seed, batch_size=batch_size, num_classes=n_classes
+    )
     with torch.no_grad():
         logits = probe(test_x)
+    knn = knn_classify(
+        train_x, train_y, test_x, test_y, num_classes=n_classes, rank=rank, world=world
+    )
     return {
         "top1": topk_accuracy(logits, test_y, 1),
         "top5": topk_accuracy(logits, test_y, 5),
-        "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y),
+        "knn_top1": knn["knn20_top1"],
+        **knn,
     }
 
 
-def full_linear_eval(
-    backbone: nn.Module,
-    cfg: PretrainConfig,
-    *,
-    epochs: int,
-    batch_size: int = 256,
-    lr: float = 0.1,
-    device: str = "cpu",
-    num_workers: int = 0,
-) -> dict[str, float]:
-    """Standard protocol: frozen backbone (eval mode), linear layer trained with augmentation."""
-    train_set = eval_dataset(cfg, "train", augment=True)
-    test_set = eval_dataset(cfg, "val" if cfg.data_dir else "test")
-    backbone.eval().to(device)
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    n_classes = 10 if not cfg.data_dir else len({y for _, y in train_set.source.samples})
-    head = nn.Linear(backbone.num_features, n_classes).to(device)
+# --------------------------------------------------------------------------- full protocol
+
+
+def global_batch_shares(
+    n: int, batch: int, epoch: int, seed: int, rank: int, world: int
+) -> list[tuple[list[tuple[int, int]], int]]:
+    """One epoch of (this rank's `(epoch, index)` items, global batch size) pairs.
+
+    One seeded permutation per epoch cut into global batches of `batch` (the last one smaller,
+    never dropped); rank r takes positions r, r + world, ... of each. A rank's share may be
+    empty in a last batch smaller than `world`.
+    """
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    shares = []
+    for lo in range(0, n, batch):
+        rows = perm[lo : lo + batch]
+        shares.append(([(epoch, i) for i in rows[rank::world]], len(rows)))
+    return shares
+
+
+def build_head(num_features: int, num_classes: int, device) -> nn.Linear:
+    """The linear classifier, initialised as SimSiam's main_lincls.py: N(0, 0.01), bias 0."""
+    head = nn.Linear(num_features, num_classes)
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD(head.parameters(), lr=lr * batch_size / 256, momentum=0.9)
-    g = torch.Generator().manual_seed(cfg.seed)
+    return head.to(device)
+
+
+def build_head_optimizer(head: nn.Linear, kind: str, lr: float) -> torch.optim.Optimizer:
+    """LARS (bias excluded, as SimSiam's LARS skips 1-d parameters) or SGD; momentum 0.9, wd 0."""
+    if kind == "lars":
+        groups = [
+            {"params": [head.weight]},
+            {"params": [head.bias], "lars_exclude": True},
+        ]
+        return LARS(groups, lr=lr, momentum=0.9, weight_decay=0.0)
+    return torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """SimSiam's per-epoch schedule: base_lr * (1 + cos(pi * epoch / epochs)) / 2."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def head_step(backbone, head, opt, x, y, global_batch: int, ctx: dict) -> torch.Tensor:
+    """One step on this rank's share: summed CE / global batch, head gradient all-reduced."""
+    opt.zero_grad(set_to_none=False)
+    loss = torch.zeros((), device=ctx["device"])
+    if x is not None:
+        with torch.no_grad(), ctx["autocast"]():
+            h = backbone(x.to(ctx["device"], non_blocking=True))
+        ce = nnf.cross_entropy(head(h.float()), y.to(ctx["device"]), reduction="sum")
+        loss = ce / global_batch
+        loss.backward()
+    else:  # empty share of a short last batch: contribute zero gradient
+        for p in head.parameters():
+            p.grad = torch.zeros_like(p)
+    if ctx["world"] > 1:
+        grads = [head.weight.grad, head.bias.grad]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        head.weight.grad.copy_(flat[: head.weight.numel()].view_as(head.weight))
+        head.bias.grad.copy_(flat[head.weight.numel() :])
+    opt.step()
+    return loss.detach()
+
+
+def train_epoch(backbone, head, opt, train_set, epoch: int, ctx: dict) -> float:
+    """One epoch of the full protocol; returns the summed per-step loss of this rank's shares."""
+    args = ctx["args"]
+    shares = global_batch_shares(
+        len(train_set), ctx["batch"], epoch, ctx["seed"], ctx["rank"], ctx["world"]
+    )
     loader = DataLoader(
         train_set,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=g,
-        num_workers=num_workers,
-        drop_last=True,
+        batch_sampler=[items for items, _ in shares if items],
+        num_workers=args.num_workers,
+        pin_memory=ctx["device"].type == "cuda",
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * max(len(loader), 1))
-    for epoch in range(epochs):
-        for x, y, *_ in loader:
-            with torch.no_grad():
-                h = backbone(x.to(device, non_blocking=True))
-            loss = nnf.cross_entropy(head(h), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        print(f"linear eval epoch {epoch + 1}/{epochs} loss {loss.item():.4f}", file=sys.stderr)
-    test_loader = DataLoader(test_set, batch_size=batch_size, num_workers=num_workers)
-    logits, labels, feats = [], [], []
-    with torch.no_grad():
-        for x, y, *_ in test_loader:
-            h = backbone(x.to(device))
-            feats.append(h.float().cpu())
-            logits.append(head(h).float().cpu())
-            labels.append(y)
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    train_x, train_y = extract_features(backbone, eval_dataset(cfg, "train"), device=device)
+    batches = iter(loader)
+    bar = ctx["progress"](len(shares), f"epoch {epoch + 1}/{ctx['epochs']}")
+    total = torch.zeros((), device=ctx["device"])
+    for items, global_batch in shares:
+        x, y = next(batches)[:2] if items else (None, None)
+        total += head_step(backbone, head, opt, x, y, global_batch, ctx)
+        bar.update(1)
+    bar.close()
+    if ctx["world"] > 1:
+        dist.all_reduce(total)
+    return float(total) / max(len(shares), 1)
+
+
+@torch.no_grad()
+def evaluate_head(backbone, head, val_set, ctx: dict) -> tuple[torch.Tensor, ...]:
+    """(logits, features, labels) of the whole validation set, gathered on every rank."""
+    feats, labels = extract_features(
+        backbone, val_set, batch_size=ctx["batch_eval"], device=ctx["device"],
+        num_workers=ctx["args"].num_workers, rank=ctx["rank"], world=ctx["world"],
+        amp_dtype=ctx["amp_dtype"], dtype=ctx["feature_dtype"],
+    )  # fmt: skip
+    return head(feats.float()), feats, labels
+
+
+def lincls_state(head, opt, epoch: int, classes: list[str], ctx: dict) -> dict:
+    """The linear-eval checkpoint: head and optimiser, epochs done, the class list, the setup."""
     return {
-        "top1": topk_accuracy(logits, labels, 1),
-        "top5": topk_accuracy(logits, labels, 5),
-        "knn_top1": knn_accuracy(train_x, train_y, torch.cat(feats), labels),
+        "kind": "linear_eval",
+        "head": head.state_dict(),
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "classes": classes,
+        "setup": ctx["setup"],
     }
+
+
+def resume_head(head, opt, ctx: dict) -> int:
+    """Epochs already done (0 for a fresh start); loads the head checkpoint under --resume auto."""
+    path = ctx["lincls_path"]
+    if not path.exists():
+        return 0
+    if ctx["args"].resume != "auto":
+        raise UserError(
+            f"{path} exists (an earlier linear eval); pass --resume auto to continue it or a new "
+            "--output-dir"
+        )
+    state = load_checkpoint(path)
+    if state.get("setup") != ctx["setup"]:
+        raise UserError(
+            f"{path} was written with other settings ({state.get('setup')}); resume with the "
+            "same options or pass a new --output-dir"
+        )
+    head.load_state_dict(state["head"])
+    opt.load_state_dict(state["optimizer"])
+    if ctx["rank"] == 0:
+        print(f"resuming linear eval from {path} after epoch {state['epoch']}", file=sys.stderr)
+    return int(state["epoch"])
+
+
+def full_linear_eval(backbone: nn.Module, cfg: PretrainConfig, ctx: dict) -> dict:
+    """The standard protocol (module docstring); returns top-1/top-5 and the kNN accuracies."""
+    train_set = eval_dataset(cfg, "train", augment=True)
+    classes = train_set.classes
+    val_set = eval_dataset(cfg, val_split(cfg), train_classes=classes)
+    warn_small_split(len(train_set), ctx)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    backbone.eval().to(ctx["device"])
+    torch.manual_seed(ctx["seed"])
+    head = build_head(backbone.num_features, len(classes), ctx["device"])
+    base_lr = ctx["args"].lr * ctx["batch"] / 256
+    opt = build_head_optimizer(head, ctx["args"].optimizer, base_lr)
+    start = resume_head(head, opt, ctx)
+    for epoch in range(start, ctx["epochs"]):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(base_lr, epoch, ctx["epochs"])
+        loss = train_epoch(backbone, head, opt, train_set, epoch, ctx)
+        if ctx["rank"] == 0:
+            print(f"linear eval epoch {epoch + 1}/{ctx['epochs']} loss {loss:.4f}", file=sys.stderr)
+            ctx["lincls_path"].parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(lincls_state(head, opt, epoch + 1, classes, ctx), ctx["lincls_path"])
+    logits, val_x, val_y = evaluate_head(backbone, head, val_set, ctx)
+    result = {"top1": topk_accuracy(logits, val_y, 1), "top5": topk_accuracy(logits, val_y, 5)}
+    if not ctx["args"].no_knn:
+        train_x, train_y = ctx_features(backbone, eval_dataset(cfg, "train"), ctx)
+        knn = knn_classify(
+            train_x, train_y, val_x, val_y, num_classes=len(classes),
+            rank=ctx["rank"], world=ctx["world"],
+        )  # fmt: skip
+        result.update(knn_top1=knn["knn20_top1"], **knn)
+    return {**result, "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}
+
+
+def fast_linear_eval(backbone: nn.Module, cfg: PretrainConfig, ctx: dict) -> dict:
+    """Features once (sharded, gathered), then the fast probe and the kNN on them."""
+    train_set = eval_dataset(cfg, "train")
+    classes = train_set.classes
+    val_set = eval_dataset(cfg, val_split(cfg), train_classes=classes)
+    warn_small_split(len(train_set), ctx)
+    train_x, train_y = ctx_features(backbone, train_set, ctx)
+    val_x, val_y = ctx_features(backbone, val_set, ctx)
+    result = evaluate_features(
+        train_x, train_y, val_x, val_y, epochs=ctx["epochs"], seed=ctx["seed"],
+        batch_size=ctx["batch"], num_classes=len(classes), rank=ctx["rank"], world=ctx["world"],
+    )  # fmt: skip
+    return {**result, "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}
+
+
+def ctx_features(backbone, dataset, ctx: dict):
+    """`extract_features` with the run's device, shards, autocast and gather dtype."""
+    return extract_features(
+        backbone, dataset, batch_size=ctx["batch_eval"], device=ctx["device"],
+        num_workers=ctx["args"].num_workers, rank=ctx["rank"], world=ctx["world"],
+        amp_dtype=ctx["amp_dtype"], dtype=ctx["feature_dtype"],
+    )  # fmt: skip
+
+
+def val_split(cfg: PretrainConfig) -> str:
+    """`val` of an ImageFolder, `test` of the embedded digits."""
+    return "val" if cfg.data_dir else "test"
+
+
+def warn_small_split(n: int, ctx: dict) -> None:
+    """A labelled train split smaller than the batch is one smaller batch per epoch: say so."""
+    if n < ctx["batch"] and ctx["rank"] == 0:
+        print(
+            f"warning: --batch-size {ctx['batch']} exceeds the {n} labelled training images; "
+            f"each epoch is one batch of {n} (pass --batch-size {n} or less to silence this)",
+            file=sys.stderr,
+        )
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -227,6 +467,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or the newest readable checkpoint of a run folder."""
     path = Path(path)
     if path.is_dir():
+        if not list_checkpoints(path):
+            raise UserError(
+                f"run folder {path} has no ckpt_*.pt checkpoints (pretraining wrote none yet); "
+                "pass a run folder with checkpoints or a ckpt_*.pt file"
+            )
         found = newest_valid_checkpoint(path)
         if found is None:
             raise UserError(
@@ -242,71 +487,200 @@ def load_backbone(
     path: str | os.PathLike, *, random_init: bool = False
 ) -> tuple[PretrainConfig, nn.Module]:
     """(config, backbone) from a pretrain.py checkpoint (`random_init`: same net, fresh weights)."""
-    cfg, model, _ = load_model(path, random_init=random_init)
+    try:
+        cfg, model, _ = load_model(path, random_init=random_init)
+    except RuntimeError as err:  # weights that do not fit the network the config describes
+        raise UserError(
+            f"checkpoint {path} does not match the network its config describes "
+            f"({str(err).splitlines()[0][:120]}); pass a checkpoint written by pretrain.py"
+        ) from None
     return cfg, model.online.backbone
+
+
+def check_channels(path: Path, cfg: PretrainConfig) -> None:
+    """The backbone's input channels must match the evaluation images (one line, not conv2d)."""
+    ckpt_channels, _ = checkpoint_shapes(load_checkpoint(path))
+    data_channels = eval_in_channels(cfg)
+    if ckpt_channels != data_channels:
+        data = f"--data-dir {cfg.data_dir} (RGB)" if cfg.data_dir else "the embedded digits (grey)"
+        raise UserError(
+            f"checkpoint {path} takes {ckpt_channels}-channel images but {data} gives "
+            f"{data_channels}-channel ones; evaluate on the kind of data it was pretrained on"
+        )
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def format_result(result: dict) -> str:
+    """The probe and kNN accuracies of one evaluation as a small table (percent)."""
+    cols = [("linear probe", "top1", "top5"), ("kNN k=20", "knn20_top1", "knn20_top5"),
+            ("kNN k=200", "knn200_top1", "knn200_top5")]  # fmt: skip
+    head = f"{'':<8}" + "".join(f"{name:>14}" for name, *_ in cols)
+    rows = [head, "-" * len(head)]
+    for label, i in (("top-1", 1), ("top-5", 2)):
+        vals = "".join(f"{100 * result[c[i]]:>13.1f}%" if c[i] in result else f"{'-':>14}"
+                       for c in cols)  # fmt: skip
+        rows.append(f"{label:<8}{vals}")
+    return "\n".join(rows)
+
+
+def write_docs_section(result: dict, argv: list[str]) -> None:
+    """Replace the `linear_eval` section of docs/results.md with this result and its command."""
+    from scaled.tools.provenance import docs_file, environment, provenance_line, replace_section
+
+    ckpt = load_checkpoint(result["checkpoint"])
+    cfg = ckpt["config"]
+    body = "\n".join([
+        "### Linear probe and kNN (`scaled/linear_eval.py`)",
+        "",
+        f"Command: `python scaled/linear_eval.py {' '.join(argv)}`  ",
+        f"Measured on: {provenance_line(environment('cpu'))}, {result['world_size']} process(es).",
+        "",
+        "```",
+        format_result(result),
+        "```",
+        "",
+        f"Checkpoint: `{result['checkpoint']}` ({cfg['method']}, {cfg['arch']}, step "
+        f"{ckpt['step']}, {cfg['epochs']} pretraining epochs). Mode `{result['mode']}`, "
+        f"{result['epochs']} probe epochs, batch {result['batch_size']}; data: {result['data']} "
+        f"({result['n_train']} train, {result['n_val']} held out). kNN: DINO's weighted vote, "
+        f"T = 0.07, cosine similarity (`scaled/knn.py`). {result['seconds']:.0f} s.",
+    ])  # fmt: skip
+    replace_section(docs_file(), "linear_eval", body)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The linear_eval.py options."""
+    parser = argparse.ArgumentParser(
+        prog="torchrun --nproc_per_node=N scaled/linear_eval.py",
+        description="Linear probe and kNN of a frozen backbone from a pretrain.py checkpoint "
+        "(protocol: the module docstring). Writes <checkpoint>.linear_eval.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="ckpt_*.pt file or run folder (newest checkpoint)")
+    add("--data-dir", default=None, help="ImageFolder root (default: the checkpoint's data)")
+    add("--epochs", type=int, default=None, help="default: the preset's eval_epochs (90)")
+    add("--mode", choices=("fast", "full"), default=None, help="default: the preset's")
+    add("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    add("--batch-size", type=int, default=None, help=f"global; default {FULL_BATCH} full, "
+        f"{FAST_BATCH} fast")  # fmt: skip
+    add("--lr", type=float, default=BASE_LR, help="full mode: base lr, scaled by batch / 256")
+    add("--optimizer", choices=("lars", "sgd"), default="lars", help="full mode")
+    add("--num-workers", type=int, default=None, help="per rank; default 8 on CUDA, 0 on CPU")
+    add("--random-init", action="store_true", help="same net, untrained (baseline)")
+    add("--no-knn", action="store_true", help="full mode: skip the kNN (one pass over train)")
+    add("--output", default=None, help="JSON path (default: next to the checkpoint)")
+    add("--output-dir", default=None, help="full mode checkpoints (default <ckpt>.linear_eval/)")
+    add("--resume", choices=("", "auto"), default="", help="auto: continue a full-mode run")
+    add("--write-docs", action="store_true", help="put the result into docs/results.md (checkout)")
+    return parser
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """UserError unless `path` can be created or overwritten (checked before any work)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass a file path such as {path}/result.json")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: folder {parent} does not exist or is not writable; "
+                        "pass a path in a writable folder")  # fmt: skip
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable; pass another path")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for values no evaluation can use."""
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be >= 1; pass e.g. --epochs 90")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be >= 1; pass e.g. 256")
+    if args.lr <= 0:
+        raise UserError(f"--lr {args.lr} must be > 0; pass e.g. --lr 0.1")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UserError(f"--num-workers {args.num_workers} must be >= 0; pass e.g. 8")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is visible; pass --device cpu")
+
+
+def make_context(args, cfg: PretrainConfig, path: Path, rank: int, world: int, device) -> dict:
+    """What the evaluation functions share: shards, device, autocast, batch, paths, progress."""
+    cuda = device.type == "cuda"
+    mode = args.mode or cfg.eval_mode
+    batch = args.batch_size or (FULL_BATCH if mode == "full" else FAST_BATCH)
+    if args.num_workers is None:
+        args.num_workers = min(8, (os.cpu_count() or 1) // max(world, 1)) if cuda else 0
+    out_dir = Path(args.output_dir) if args.output_dir else path.with_suffix(".linear_eval")
+    amp_dtype = torch.bfloat16 if cuda else None
+
+    def progress(total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, disable=rank != 0, file=sys.stderr, leave=False)
+
+    return {
+        "args": args, "mode": mode, "rank": rank, "world": world, "device": device,
+        "epochs": args.epochs or cfg.eval_epochs, "batch": batch, "seed": cfg.seed,
+        "batch_eval": max(1, min(256, batch // world)) if mode == "full" else 256,
+        "amp_dtype": amp_dtype, "feature_dtype": torch.float16 if cuda else torch.float32,
+        "autocast": lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=cuda),
+        "lincls_path": out_dir / "lincls_last.pt", "progress": progress,
+        "setup": {
+            "checkpoint": str(path), "epochs": args.epochs or cfg.eval_epochs, "batch": batch,
+            "lr": args.lr, "optimizer": args.optimizer, "data": cfg.data_dir or "digits",
+        },
+    }  # fmt: skip
+
+
+def evaluate(args: argparse.Namespace) -> tuple[dict, Path, int]:
+    """Run the evaluation `args` describe; returns (result, output path, rank)."""
+    check_args(args)
+    if args.write_docs:
+        from scaled.tools.provenance import checkout_root
+
+        checkout_root()  # before the work: an installed package has no docs/
+    path = resolve_checkpoint(args.checkpoint)
+    suffix = ".random_init.linear_eval.json" if args.random_init else ".linear_eval.json"
+    out = Path(args.output) if args.output else path.with_suffix(suffix)
+    check_writable(out, "--output")
+    cfg, backbone = load_backbone(path, random_init=args.random_init)
+    if args.data_dir is not None:
+        cfg = replace(cfg, data_dir=args.data_dir)
+    check_channels(path, cfg)
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, _, device = init_distributed(device_type)
+    ctx = make_context(args, cfg, path, rank, world, device)
+    t0 = time.perf_counter()
+    run = full_linear_eval if ctx["mode"] == "full" else fast_linear_eval
+    result = run(backbone, cfg, ctx)
+    result.update(
+        checkpoint=str(path), mode=ctx["mode"], epochs=ctx["epochs"], batch_size=ctx["batch"],
+        world_size=world, random_init=args.random_init, data=cfg.data_dir or "embedded digits",
+        seconds=round(time.perf_counter() - t0, 2),
+    )  # fmt: skip
+    return result, out, rank
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point `minc-linear-eval`; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="scaled/linear_eval.py",
-        description="Linear probe (and kNN) of a frozen backbone from a pretrain.py checkpoint. "
-        "Writes <checkpoint>.linear_eval.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="ckpt_*.pt file or run folder")
-    parser.add_argument(
-        "--data-dir", default=None, help="ImageFolder root (default: the checkpoint's data)"
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--mode", choices=("fast", "full"), default=None, help="default: preset's")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--random-init", action="store_true", help="same net, untrained (baseline)")
-    parser.add_argument("--output", default=None, help="JSON path (default: next to checkpoint)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        path = resolve_checkpoint(args.checkpoint)
-        cfg, backbone = load_backbone(path, random_init=args.random_init)
-        if args.data_dir is not None:
-            cfg = replace(cfg, data_dir=args.data_dir)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda but no CUDA device is visible; pass --device cpu")
-        mode = args.mode or cfg.eval_mode
-        epochs = args.epochs or cfg.eval_epochs
-        t0 = time.perf_counter()
-        if mode == "fast":
-            tr = extract_features(backbone, eval_dataset(cfg, "train"), device=device)
-            te = extract_features(
-                backbone, eval_dataset(cfg, "val" if cfg.data_dir else "test"), device=device
-            )
-            result = evaluate_features(*tr, *te, epochs=epochs, seed=cfg.seed)
-        else:
-            result = full_linear_eval(
-                backbone,
-                cfg,
-                epochs=epochs,
-                batch_size=args.batch_size,
-                device=device,
-                num_workers=args.num_workers,
-            )
+        result, out, rank = evaluate(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        cleanup()
         return 2
-    result.update(
-        checkpoint=str(path),
-        mode=mode,
-        epochs=epochs,
-        random_init=args.random_init,
-        data=cfg.data_dir or "embedded digits",
-        seconds=round(time.perf_counter() - t0, 2),
-    )
-    suffix = ".random_init.linear_eval.json" if args.random_init else ".linear_eval.json"
-    out = Path(args.output) if args.output else path.with_suffix(suffix)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+    if rank == 0:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "classes"}))
+        if args.write_docs:
+            write_docs_section(result, sys.argv[1:] if argv is None else argv)
+    cleanup()
     return 0
 
 

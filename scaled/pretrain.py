@@ -56,6 +56,7 @@ from scaled.config import (
 from scaled.data import GlobalBatchSampler, pretrain_dataset
 from scaled.distributed import cleanup, global_second_moment, init_distributed
 from scaled.health import CollapseMonitor, representation_health
+from scaled.knn import knn_due, knn_monitor, monitor_sets
 from scaled.losses import (
     alpha_loss_batch,
     byol_loss_batch,
@@ -225,6 +226,7 @@ class RunState:
     monitor: object = None
     t_log: float = 0.0
     steps_since_log: int = 0
+    extra_metrics: dict[str, float] = dataclass_field(default_factory=dict)  # the kNN monitor's
 
     def autocast(self):
         """bf16/fp16 autocast on CUDA when `--amp` asks for it, else a no-op context."""
@@ -437,6 +439,8 @@ def log_metrics(run: RunState) -> None:
     }
     if count:
         metrics["online_probe_acc"] = correct / count
+    metrics.update(run.extra_metrics)
+    run.extra_metrics.clear()
     if run.rank == 0 and run.last_z is not None:
         row = traits(cfg)
         Cbar = run.model.Cbar if row.cbar else None
@@ -603,6 +607,8 @@ def train(cfg: PretrainConfig) -> int:
     if world > 1 and dist.get_backend() != "gloo":
         run.control = dist.new_group(backend="gloo")  # host-side flags without GPU syncs
     resume(run)
+    if cfg.knn_every:
+        monitor_sets(cfg)  # scan the labelled data now: a missing val/ fails before step 1
     last_step = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
     start_logging(run, last_step, device_type)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -640,7 +646,10 @@ def end_of_step(run: RunState, last_step: int) -> bool:
     """Log and checkpoint when due; False when preempted (checkpoint written, stop with 0)."""
     cfg, step = run.cfg, run.step
     preempt = preemption_requested(run.control)
-    if step % cfg.log_every == 0 or step == last_step or preempt:
+    if knn_due(cfg, step, run.steps_per_epoch):
+        kw = dict(rank=run.rank, world=run.world, device=run.device, amp_dtype=run.amp_dtype)
+        run.extra_metrics.update(knn_monitor(run.model, cfg, **kw))
+    if step % cfg.log_every == 0 or step == last_step or preempt or run.extra_metrics:
         log_metrics(run)
     checkpoint_due = (
         (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
