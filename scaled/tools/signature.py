@@ -127,10 +127,52 @@ def trajectory(setting: dict[str, Any], steps: int, points: int, seed: int) -> d
     }
 
 
+def existing_run(run_dir: Path) -> dict[str, Any]:
+    """The signature of a finished ``scaled.pretrain`` run folder: ``Cbar`` of each checkpoint
+    kept there, and the logged ``cbar_offdiag_rel`` (``scaled.health``) along the run."""
+    import torch
+
+    from scaled.checkpoint import list_checkpoints, load_checkpoint
+    from scaled.tools.plot import read_metrics
+
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise UserError(f"{run_dir} has no checkpoint; pass the folder of a finished run")
+    first = load_checkpoint(ckpts[-1])
+    cfg = first["config"]
+    setting = {
+        "method": cfg["method"],
+        "feature_norm": float(cfg["feature_norm"]),
+        "proj_out": int(cfg["proj_out"]),
+        "run": run_dir.name,
+    }
+    rows = []
+    for path in ckpts:
+        ckpt = load_checkpoint(path)
+        rows.append(
+            {"step": int(ckpt["step"]), **cbar_signature(ckpt["model"]["Cbar"].double().numpy())}
+        )
+    logged = [
+        {"step": r["step"], "offdiag_rel": r["cbar_offdiag_rel"]}
+        for r in read_metrics(run_dir)
+        if isinstance(r.get("cbar_offdiag_rel"), (int, float))
+    ]
+    last = first["model"]["Cbar"].to(torch.float64).numpy()
+    return {
+        "setting": setting,
+        "diverged": False,
+        "trajectory": rows,
+        "logged_offdiag": logged,
+        "final_diag": np.diag(last).tolist(),
+        "final_eig": np.sort(np.linalg.eigvalsh(last))[::-1].tolist(),
+    }
+
+
 def label(setting: dict[str, Any]) -> str:
     """Short name of a setting for tables and legends."""
     extra = "" if setting.get("target", True) else ", no target"
     extra += f", lr x{setting['lr_scale']:g}" if "lr_scale" in setting else ""
+    extra += f" (run {setting['run']})" if "run" in setting else ""
     return f"{setting['method']}, fn {setting['feature_norm']:g}, k {setting['proj_out']}{extra}"
 
 
@@ -204,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the budget's steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-k", type=int, default=None, help="run the settings of one k")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="read finished run folders instead of training (their checkpoints and metrics)",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/signature"))
     args = parser.parse_args(argv)
     try:
@@ -231,12 +280,16 @@ def signature_command(args: argparse.Namespace) -> dict[str, Any]:
         grid = grid[:2]
     t0 = time.perf_counter()
     runs = []
+    if getattr(args, "runs", None):
+        runs = [existing_run(d) for d in args.runs]
+        steps = max(r["trajectory"][-1]["step"] for r in runs)
+        grid = []
     for s in grid:
         runs.append(trajectory(s, steps, budget["points"], args.seed))
         print(f"  {label(s)}: {runs[-1].get('trajectory', ['diverged'])[-1]}", file=sys.stderr)
     result = {
         "command": "python -m scaled.tools.signature " + " ".join(sys.argv[1:]),
-        "budget": args.budget,
+        "budget": "existing runs" if getattr(args, "runs", None) else args.budget,
         "steps": steps,
         "seed": args.seed,
         "elapsed_seconds": round(time.perf_counter() - t0, 1),
