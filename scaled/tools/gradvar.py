@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-sizes", default=None, help="comma-separated (32,64,128,256,512)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--burn-in", type=int, default=None, help="EMA history batches (20)")
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes (tests; numbers mean nothing)"
     )
@@ -267,13 +268,16 @@ def gradvar_command(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("every batch size must be >= 2; the spectral loss needs pairs")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.perf_counter()
-    cells = run(args.checkpoint, sizes, batches, budget["burn_in"], args.seed)
+    burn_in = args.burn_in if getattr(args, "burn_in", None) is not None else budget["burn_in"]
+    if burn_in < 0:
+        raise UserError(f"--burn-in {burn_in} must be >= 0; pass a number of batches")
+    cells = run(args.checkpoint, sizes, batches, burn_in, args.seed)
     argv = " ".join(sys.argv[1:])
     result = {
         "command": f"python -m scaled.tools.gradvar {argv}".strip(),
         "quick": args.quick,
         "batches": batches,
-        "burn_in": budget["burn_in"],
+        "burn_in": burn_in,
         "checkpoint": args.checkpoint,
         "seed": args.seed,
         "elapsed_seconds": round(time.perf_counter() - t0, 1),

@@ -246,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the budget's steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-k", type=int, default=None, help="run the settings of one k")
+    parser.add_argument("--only-method", default=None, help="run the settings of one method")
+    parser.add_argument(
+        "--only-feature-norm", type=float, default=None, help="run the settings of one mu"
+    )
     parser.add_argument(
         "--runs",
         nargs="+",
@@ -274,8 +278,15 @@ def signature_command(args: argparse.Namespace) -> dict[str, Any]:
     if steps < budget["points"]:
         raise UserError(f"--steps {steps} is below {budget['points']} checkpoints; pass more")
     grid = settings(budget["extra"])
-    if args.only_k is not None:
-        grid = [s for s in grid if s["proj_out"] == args.only_k]
+    for key, value in (
+        ("proj_out", args.only_k),
+        ("method", getattr(args, "only_method", None)),
+        ("feature_norm", getattr(args, "only_feature_norm", None)),
+    ):
+        if value is not None:
+            grid = [s for s in grid if s[key] == value]
+    if not grid and not getattr(args, "runs", None):
+        raise UserError("no setting left after the --only-* filters; widen them")
     if args.budget == "quick":
         grid = grid[:2]
     t0 = time.perf_counter()
