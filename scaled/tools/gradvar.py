@@ -40,7 +40,13 @@ import numpy as np
 import torch
 
 from scaled.config import UserError
-from scaled.tools.provenance import environment
+from scaled.tools.provenance import (
+    checkout_root,
+    docs_file,
+    environment,
+    provenance_line,
+    replace_section,
+)
 
 ESTIMATORS = ("spectral", "minc_batch_C", "minc_ema_Cbar")
 FULL = {"batch_sizes": (32, 64, 128, 256, 512), "batches": 64, "burn_in": 20}
@@ -238,18 +244,41 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny sizes (tests; numbers mean nothing)"
     )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/gradvar"))
+    parser.add_argument(
+        "--write-docs", action="store_true", help="into docs/results/ and docs/results.md"
+    )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="no run: put DIR/gradvar.json (an earlier run's) into the docs",
+    )
     args = parser.parse_args(argv)
+    if args.publish is not None:
+        try:
+            result = json.loads((args.publish / "gradvar.json").read_text())
+            publish(result, args.publish)
+        except (UserError, OSError) as err:
+            print(f"error: {err}; pass the --output-dir of a finished run", file=sys.stderr)
+            return 2
+        print(markdown_table(result))
+        return 0
     try:
         result = gradvar_command(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(result))
+    if args.write_docs:
+        publish(result, args.output_dir)
     return 0
 
 
 def gradvar_command(args: argparse.Namespace) -> dict[str, Any]:
     """Check the arguments, measure, write gradvar.json and gradvar.png."""
+    if getattr(args, "write_docs", False):
+        checkout_root()  # before the runs: an installed package has no docs/
     budget = QUICK if args.quick else FULL
     batches = args.batches if args.batches is not None else budget["batches"]
     if batches < 2:
@@ -289,6 +318,36 @@ def gradvar_command(args: argparse.Namespace) -> dict[str, Any]:
     (args.output_dir / "gradvar.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.output_dir / "gradvar.png")
     return result
+
+
+def _tag(result: dict[str, Any]) -> str:
+    """File tag of a result: quick, or the number of batches per point."""
+    return "quick" if result["quick"] else f"{result['batches']}_batches"
+
+
+def publish(result: dict[str, Any], out: Path, notes: str = "") -> None:
+    """Copy ``gradvar.json`` / ``gradvar.png`` from ``out`` into docs/results/ (as
+    ``gradvar_<budget>.*``) and rewrite the ``gradvar`` section of docs/results.md from the JSON
+    files there (the table is generated, never typed in)."""
+    import shutil
+
+    results = checkout_root() / "docs" / "results"
+    tag = _tag(result)
+    for ext in ("json", "png"):
+        shutil.copyfile(out / f"gradvar.{ext}", results / f"gradvar_{tag}.{ext}")
+    parts = ["### Gradient variance on the digits network (`scaled/tools/gradvar.py`)", ""]
+    for path in sorted(results.glob("gradvar_*.json")):
+        r = json.loads(path.read_text())
+        parts += [
+            f"Command: `{r['command']}` ({_tag(r)}; {r['elapsed_seconds'] / 60:.1f} min)  ",
+            f"Measured on: {provenance_line(r)}.",
+            "",
+            markdown_table(r),
+            "",
+            f"![gradvar {_tag(r)}](results/{path.stem}.png)",
+            "",
+        ]
+    replace_section(docs_file(), "gradvar", "\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from scaled.config import UserError
-from scaled.tools.provenance import environment
+from scaled.tools.provenance import (
+    checkout_root,
+    docs_file,
+    environment,
+    provenance_line,
+    replace_section,
+)
 
 FULL = {"steps": 1500, "points": 10, "extra": True}
 REDUCED = {"steps": 300, "points": 6, "extra": False}
@@ -258,18 +264,41 @@ def main(argv: list[str] | None = None) -> int:
         help="read finished run folders instead of training (their checkpoints and metrics)",
     )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/signature"))
+    parser.add_argument(
+        "--write-docs", action="store_true", help="into docs/results/ and docs/results.md"
+    )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="no run: put DIR/signature.json (an earlier run's) into the docs",
+    )
     args = parser.parse_args(argv)
+    if args.publish is not None:
+        try:
+            result = json.loads((args.publish / "signature.json").read_text())
+            publish(result, args.publish)
+        except (UserError, OSError) as err:
+            print(f"error: {err}; pass the --output-dir of a finished run", file=sys.stderr)
+            return 2
+        print(markdown_table(result))
+        return 0
     try:
         result = signature_command(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(markdown_table(result))
+    if args.write_docs:
+        publish(result, args.output_dir)
     return 0
 
 
 def signature_command(args: argparse.Namespace) -> dict[str, Any]:
     """Check the arguments, train every setting, write signature.json and signature.png."""
+    if getattr(args, "write_docs", False):
+        checkout_root()  # before the runs: an installed package has no docs/
     budgets = {"full": FULL, "reduced": REDUCED, "quick": QUICK}
     if args.budget not in budgets:
         raise UserError(f"--budget {args.budget!r} is unknown; use one of full, reduced, quick")
@@ -311,6 +340,36 @@ def signature_command(args: argparse.Namespace) -> dict[str, Any]:
     (args.output_dir / "signature.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.output_dir / "signature.png")
     return result
+
+
+def _tag(result: dict[str, Any]) -> str:
+    """File tag of a result: its budget and steps (``reduced_300``, ``existing_runs_300``)."""
+    return f"{result['budget'].replace(' ', '_')}_{result['steps']}"
+
+
+def publish(result: dict[str, Any], out: Path, notes: str = "") -> None:
+    """Copy ``signature.json`` / ``signature.png`` from ``out`` into docs/results/ (as
+    ``signature_<budget>.*``) and rewrite the ``signature`` section of docs/results.md from the JSON
+    files there (the table is generated, never typed in)."""
+    import shutil
+
+    results = checkout_root() / "docs" / "results"
+    tag = _tag(result)
+    for ext in ("json", "png"):
+        shutil.copyfile(out / f"signature.{ext}", results / f"signature_{tag}.{ext}")
+    parts = ["### MINC's signature on the digits: ordering and decorrelation of `Cbar`", ""]
+    for path in sorted(results.glob("signature_*.json")):
+        r = json.loads(path.read_text())
+        parts += [
+            f"Command: `{r['command']}` ({_tag(r)}; {r['elapsed_seconds'] / 60:.1f} min)  ",
+            f"Measured on: {provenance_line(r)}.",
+            "",
+            markdown_table(r),
+            "",
+            f"![signature {_tag(r)}](results/{path.stem}.png)",
+            "",
+        ]
+    replace_section(docs_file(), "signature", "\n".join(parts))
 
 
 if __name__ == "__main__":
