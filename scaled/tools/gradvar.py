@@ -326,15 +326,15 @@ def _tag(result: dict[str, Any]) -> str:
 
 
 def publish(result: dict[str, Any], out: Path, notes: str = "") -> None:
-    """Copy ``gradvar.json`` / ``gradvar.png`` from ``out`` into docs/results/ (as
-    ``gradvar_<budget>.*``) and rewrite the ``gradvar`` section of docs/results.md from the JSON
+    """Copy ``gradvar.json`` from ``out`` into docs/results/ (as ``gradvar_<budget>.json``),
+    draw its figure there and rewrite the ``gradvar`` section of docs/results.md from the JSON
     files there (the table is generated, never typed in)."""
     import shutil
 
     results = checkout_root() / "docs" / "results"
     tag = _tag(result)
-    for ext in ("json", "png"):
-        shutil.copyfile(out / f"gradvar.{ext}", results / f"gradvar_{tag}.{ext}")
+    shutil.copyfile(out / "gradvar.json", results / f"gradvar_{tag}.json")
+    plot(result, results / f"gradvar_{tag}.png")  # re-drawn from the JSON
     parts = ["### Gradient variance on the digits network (`scaled/tools/gradvar.py`)", ""]
     for path in sorted(results.glob("gradvar_*.json")):
         r = json.loads(path.read_text())

@@ -353,15 +353,15 @@ def _tag(result: dict[str, Any]) -> str:
 
 
 def publish(result: dict[str, Any], out: Path, notes: str = "") -> None:
-    """Copy ``signature.json`` / ``signature.png`` from ``out`` into docs/results/ (as
-    ``signature_<budget>.*``) and rewrite the ``signature`` section of docs/results.md from the JSON
+    """Copy ``signature.json`` from ``out`` into docs/results/ (as ``signature_<budget>.json``),
+    draw its figure there and rewrite the ``signature`` section of docs/results.md from the JSON
     files there (the table is generated, never typed in)."""
     import shutil
 
     results = checkout_root() / "docs" / "results"
     tag = _tag(result)
-    for ext in ("json", "png"):
-        shutil.copyfile(out / f"signature.{ext}", results / f"signature_{tag}.{ext}")
+    shutil.copyfile(out / "signature.json", results / f"signature_{tag}.json")
+    plot(result, results / f"signature_{tag}.png")  # re-drawn from the JSON
     parts = ["### MINC's signature on the digits: ordering and decorrelation of `Cbar`", ""]
     for path in sorted(results.glob("signature_*.json")):
         r = json.loads(path.read_text())
