@@ -116,9 +116,13 @@ def _cell(summary: dict[str, Any]) -> str:
         return "nan"
     if len(summary["values"]) == 1:
         return f"{mean:.3f}"
-    if "ci95" in summary:  # the half-width of the 95% interval of the mean
-        return f"{mean:.3f} ± {summary['ci95']:.3f}"
-    return f"{mean:.3f} ± {summary['std']:.3f} (std)"  # results written before ci95 existed
+    return f"{mean:.3f} ± {_ci95(summary):.3f}"  # the half-width of the 95% interval
+
+
+def _ci95(summary: dict[str, Any]) -> float:
+    """The summary's 95% half-width; recomputed from the per-seed values for result files
+    written before it was recorded."""
+    return summary["ci95"] if "ci95" in summary else summarise(summary["values"])["ci95"]
 
 
 def markdown_tables(result: dict[str, Any]) -> str:
@@ -131,9 +135,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
         metric_keys = list(dict.fromkeys(k for r in mine for k in r["metrics"]))
         header = setting_keys + metric_keys
         seeds = result.get("digits_seeds", []) if problem == "digits" else result["seeds"]
-        has_ci = any("ci95" in m for r in mine for m in r["metrics"].values())
-        spread = "95% interval of the mean" if has_ci else "std over seeds"
-        spread = f"mean ± {spread}" if len(seeds) > 1 else "no interval"
+        spread = "mean ± half-width of the 95% interval" if len(seeds) > 1 else "no interval"
         out.append(f"**{problem}** ({len(seeds)} seed(s): {spread})\n")
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
@@ -692,7 +694,7 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
         mine = [r for r in rows if r["problem"] == problem and metric in r["metrics"]]
         x = np.arange(len(mine))
         means = [r["metrics"][metric]["mean"] for r in mine]
-        stds = [r["metrics"][metric].get("ci95", r["metrics"][metric]["std"]) for r in mine]
+        stds = [_ci95(r["metrics"][metric]) for r in mine]
         ax.bar(x, means, yerr=np.nan_to_num(stds), color="#8fb3d9", capsize=3)
         for i, r in enumerate(mine):
             vals = r["metrics"][metric]["values"]
@@ -702,7 +704,7 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{problem}: {metric}", fontsize=9)
     fig.suptitle(
         f"{result['experiment']} ({'quick' if result['config']['quick'] else 'full'}; "
-        f"bars: mean ± 95% interval (older results: std) over seeds, dots: seeds)",
+        f"bars: mean ± 95% interval over seeds, dots: seeds)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -806,8 +808,9 @@ def publish(names: Sequence[str], out: Path) -> None:
     for name in names:
         if (out / f"{name}.json").resolve() != (results / f"{name}.json").resolve():
             shutil.copyfile(out / f"{name}.json", results / f"{name}.json")
-    for path in sorted(results.glob("*.json")):
-        plot_result(json.loads(path.read_text(encoding="utf-8")), path.with_suffix(".png"))
+    for path in (results / f"{n}.json" for n in EXPERIMENT_NAMES):  # not the analyses' files
+        if path.is_file():
+            plot_result(json.loads(path.read_text(encoding="utf-8")), path.with_suffix(".png"))
     write_docs(results, root / "docs" / "results.md")
     print(f"wrote {root / 'docs' / 'results.md'} and {results}/", file=sys.stderr)
 
