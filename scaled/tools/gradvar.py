@@ -124,6 +124,17 @@ def relative_variance(samples: list[torch.Tensor]) -> float:
     return float(var / (mean @ mean).clamp_min(1e-300))
 
 
+def absolute_variance(samples: list[torch.Tensor]) -> float:
+    """``E ||g - E g||^2`` over the rows of ``samples`` (unbiased)."""
+    G = torch.stack(samples)
+    return float(((G - G.mean(0)) ** 2).sum() / max(len(samples) - 1, 1))
+
+
+# The spectral gradient is twice the non-contrastive one in expectation (Eq. 9): its absolute
+# variance is divided by 2^2 to be read in the units of the MINC gradient.
+ABS_SCALE = {"spectral": 0.25, "minc_batch_C": 1.0, "minc_ema_Cbar": 1.0}
+
+
 def measure(cfg, model, dataset, B: int, batches: int, burn_in: int, seed: int) -> dict[str, float]:
     """Relative variance of each estimator at batch size B over ``batches`` batches.
 
@@ -145,7 +156,8 @@ def measure(cfg, model, dataset, B: int, batches: int, burn_in: int, seed: int) 
         grads = batch_gradients(cfg, model, x1, x2, (t1, t2), C, Cbar)
         for name in ESTIMATORS:
             samples[name].append(grads[name])
-    return {name: relative_variance(s) for name, s in samples.items()}
+    rel = {name: relative_variance(s) for name, s in samples.items()}
+    return {**rel, **{f"{n}_abs": ABS_SCALE[n] * absolute_variance(s) for n, s in samples.items()}}
 
 
 def run(checkpoint: str | None, sizes, batches: int, burn_in: int, seed: int) -> dict[str, Any]:
@@ -172,26 +184,39 @@ def ema_advantage(cells: dict[str, dict[str, float]]) -> dict[str, float]:
         B: {
             "spectral_over_ema": c["spectral"] / c["minc_ema_Cbar"],
             "batch_C_over_ema": c["minc_batch_C"] / c["minc_ema_Cbar"],
+            **(
+                {
+                    "spectral_over_ema_abs": c["spectral_abs"] / c["minc_ema_Cbar_abs"],
+                    "batch_C_over_ema_abs": c["minc_batch_C_abs"] / c["minc_ema_Cbar_abs"],
+                }
+                if "spectral_abs" in c
+                else {}
+            ),
         }
         for B, c in cells.items()
     }
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """One row per (weights, B): the three relative variances and the two ratios."""
+    """One row per (weights, B): the three relative variances, and the variance ratios to MINC
+    with the EMA ``Cbar`` (relative, and absolute in MINC-gradient units where recorded)."""
     lines = [
-        "| weights | B | spectral | MINC, batch C | MINC, EMA Cbar | spectral / EMA "
-        "| batch C / EMA |",
-        "|---|---|---|---|---|---|---|",
+        "| weights | B | rel. var. spectral | MINC, batch C | MINC, EMA Cbar | spectral / EMA "
+        "| batch C / EMA | abs.: spectral/4 / EMA | abs.: batch C / EMA |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, cells in result["cells"].items():
         ratios = ema_advantage(cells)
         for B, c in cells.items():
             r = ratios[B]
+            a = [
+                f"{r[k]:.2f}" if k in r else "—"
+                for k in ("spectral_over_ema_abs", "batch_C_over_ema_abs")
+            ]
             lines.append(
                 f"| {label} | {B} | {c['spectral']:.3g} | {c['minc_batch_C']:.3g} | "
                 f"{c['minc_ema_Cbar']:.3g} | {r['spectral_over_ema']:.2f} | "
-                f"{r['batch_C_over_ema']:.2f} |"
+                f"{r['batch_C_over_ema']:.2f} | {a[0]} | {a[1]} |"
             )
     return "\n".join(lines)
 
@@ -204,22 +229,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = result["cells"]
-    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4), squeeze=False)
-    for ax, (label, by_b) in zip(axes[0], cells.items()):
-        sizes = [int(b) for b in by_b]
-        for name in ESTIMATORS:
-            ax.loglog(sizes, [by_b[str(b)][name] for b in sizes], "o-", label=name)
-        ax.loglog(
-            sizes,
-            [by_b[str(sizes[0])]["spectral"] * sizes[0] / b for b in sizes],
-            "k:",
-            label="1/B",
-        )
-        ax.set_xlabel("batch size B")
-        ax.set_ylabel("E||g - Eg||^2 / ||Eg||^2")
-        ax.set_title(f"digits network, weights at {label}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
+    kinds = [("", "E||g - Eg||^2 / ||Eg||^2")]
+    if all("spectral_abs" in c for by_b in cells.values() for c in by_b.values()):
+        kinds.append(("_abs", "E||g - Eg||^2 (spectral / 4, Eq. 9)"))
+    fig, axes = plt.subplots(
+        len(kinds), len(cells), figsize=(5 * len(cells), 3.8 * len(kinds)), squeeze=False
+    )
+    for row, (suffix, ylabel) in enumerate(kinds):
+        for ax, (label, by_b) in zip(axes[row], cells.items()):
+            sizes = [int(b) for b in by_b]
+            for name in ESTIMATORS:
+                ax.loglog(sizes, [by_b[str(b)][name + suffix] for b in sizes], "o-", label=name)
+            first = by_b[str(sizes[0])]["spectral" + suffix]
+            ax.loglog(sizes, [first * sizes[0] / b for b in sizes], "k:", label="1/B")
+            ax.set_xlabel("batch size B")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_title(f"digits network, weights at {label}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small")
     fig.suptitle(f"gradient variance ({result['batches']} batches per point)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

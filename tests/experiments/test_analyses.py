@@ -68,7 +68,8 @@ def test_gradvar_measures_three_finite_estimators_at_init():
     model = SSLModel(cfg, 1, 10)
     dataset = pretrain_dataset(cfg)[0]
     cells = gradvar.measure(cfg, model, dataset, B=8, batches=3, burn_in=2, seed=0)
-    assert set(cells) == set(gradvar.ESTIMATORS)
+    abs_keys = {f"{n}_abs" for n in gradvar.ESTIMATORS}
+    assert set(cells) == set(gradvar.ESTIMATORS) | abs_keys
     assert all(math.isfinite(v) and v > 0 for v in cells.values())
 
 
@@ -84,7 +85,7 @@ def test_gradvar_table_and_ratios_come_from_the_cells():
     assert gradvar.ema_advantage(cells["init"]) == {
         "32": {"spectral_over_ema": 4.0, "batch_C_over_ema": 2.0}
     }
-    assert "| init | 32 | 4 | 2 | 1 | 4.00 | 2.00 |" in gradvar.markdown_table(result)
+    assert "| init | 32 | 4 | 2 | 1 | 4.00 | 2.00 | — | — |" in gradvar.markdown_table(result)
 
 
 def test_signature_refuses_an_unknown_budget(tmp_path, capsys):
