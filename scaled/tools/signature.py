@@ -95,7 +95,7 @@ def run_config(setting: dict[str, Any], steps: int, points: int, seed: int, out:
         max_steps=steps,
         warmup_epochs=min(base.warmup_epochs, 0.1 * epochs),
         checkpoint_every=max(1, steps // points),
-        keep_checkpoints=points + 2,
+        keep_checkpoints=points + steps // 10 + 2,  # the trainer also saves at each epoch end
         log_every=max(1, steps // points),
         online_probe=False,
     )
@@ -123,14 +123,27 @@ def trajectory(setting: dict[str, Any], steps: int, points: int, seed: int) -> d
             C = ckpt["model"]["Cbar"].to(torch.float64).numpy()
             rows.append({"step": int(ckpt["step"]), **cbar_signature(C)})
         last = load_checkpoint(list_checkpoints(tmp)[-1])["model"]["Cbar"].double().numpy()
+        logged = _logged_offdiag(Path(tmp))
     return {
         "setting": setting,
         "diverged": False,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "trajectory": rows,
+        "logged_offdiag": logged,
         "final_diag": np.diag(last).tolist(),
         "final_eig": np.sort(np.linalg.eigvalsh(last))[::-1].tolist(),
     }
+
+
+def _logged_offdiag(run_dir: Path) -> list[dict[str, float]]:
+    """``cbar_offdiag_rel`` at every log step of a run (``scaled.health``, in metrics.jsonl)."""
+    from scaled.tools.plot import read_metrics
+
+    return [
+        {"step": r["step"], "offdiag_rel": r["cbar_offdiag_rel"]}
+        for r in read_metrics(run_dir)
+        if isinstance(r.get("cbar_offdiag_rel"), (int, float))
+    ]
 
 
 def existing_run(run_dir: Path) -> dict[str, Any]:
@@ -139,7 +152,6 @@ def existing_run(run_dir: Path) -> dict[str, Any]:
     import torch
 
     from scaled.checkpoint import list_checkpoints, load_checkpoint
-    from scaled.tools.plot import read_metrics
 
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
@@ -158,11 +170,7 @@ def existing_run(run_dir: Path) -> dict[str, Any]:
         rows.append(
             {"step": int(ckpt["step"]), **cbar_signature(ckpt["model"]["Cbar"].double().numpy())}
         )
-    logged = [
-        {"step": r["step"], "offdiag_rel": r["cbar_offdiag_rel"]}
-        for r in read_metrics(run_dir)
-        if isinstance(r.get("cbar_offdiag_rel"), (int, float))
-    ]
+    logged = _logged_offdiag(run_dir)
     last = first["model"]["Cbar"].to(torch.float64).numpy()
     return {
         "setting": setting,
