@@ -265,11 +265,18 @@ def demo() -> PretrainConfig:
     """MINC on the embedded MNIST digits, small ResNet, 2 CPU processes (gloo).
 
     Command: ``make demo`` (= ``python -m scaled.tools.demo``, which runs ``torchrun
-    --nproc_per_node=2 scaled/pretrain.py --preset demo`` and then the linear probe).
-    Hardware: 2 CPU cores, no GPU; a few minutes.
-    Expected result: the probe accuracy of the pretrained encoder is above both the same encoder
-    at random initialisation and a linear probe on raw pixels (measured numbers: docs/results.md,
-    printed by ``make demo``).
+    --nproc_per_node=2 scaled/pretrain.py --preset demo``, then the fast linear probe and a kNN,
+    and writes ``runs/demo/report.png``); another seed: ``make demo ARGS="--seed 1"``.
+    Hardware: 2 CPU cores, no GPU; about 2 minutes of pretraining on an idle machine (98 s
+    measured at load 1.6), many more when the cores are shared.
+    Expected result (seeds 0, 1, 2 in docs/results.md, "The demo"): the linear probe of the
+    pretrained encoder is above the same encoder at random initialisation and above raw pixels;
+    its kNN is above random init but *below* raw pixels (95.2%), and the linear probe is below
+    issue 19's 96% goal: the demo prints that the goal is not met. A tuning sweep on top of this
+    recipe (feature_norm 4 / 16 / 64, crop scale 0.25, width 32, lr 5e-3; one seed each, all
+    300 steps) moved the probe by at most a point and never brought the kNN above raw pixels, so
+    the recipe is unchanged. ``feature_norm`` stays 1: larger radii lowered both probes and
+    weakened the ``Cbar`` ordering (docs/results.md, "MINC's signature").
     """
     return PretrainConfig(
         method="minc",
