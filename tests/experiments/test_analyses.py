@@ -96,3 +96,24 @@ def test_signature_refuses_an_unknown_budget(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --budget")
     assert not (tmp_path / "signature.json").exists()
     json.dumps(signature.settings(False))  # the settings go into the JSON as they are
+
+
+@pytest.mark.slow
+def test_gradvar_quick_run_writes_json_and_png(tmp_path):
+    assert gradvar.main(["--quick", "--output-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gradvar.json").read_text())
+    assert result["quick"] and set(result["cells"]) == {"init"}
+    assert set(result["cells"]["init"]) == {"8", "16"}
+    assert (tmp_path / "gradvar.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_signature_quick_run_reads_cbar_from_its_checkpoints(tmp_path):
+    assert signature.main(["--budget", "quick", "--output-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "signature.json").read_text())
+    assert len(result["runs"]) == 2 and not any(r["diverged"] for r in result["runs"])
+    for run in result["runs"]:
+        assert [r["step"] for r in run["trajectory"]][-1] == 4
+        assert all(0.0 <= r["offdiag_rel"] <= 1.0 for r in run["trajectory"])
+        assert len(run["final_diag"]) == run["setting"]["proj_out"]
+    assert (tmp_path / "signature.png").stat().st_size > 0
