@@ -23,11 +23,13 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
-Budget (2-core development machine): ``all`` about 40 min (graph: 3 seeds x 1000 steps per
-setting; digits: 1 seed x 120 optimiser steps of batch 256 per setting with the ``demo``
-preset's recipe, about a minute a run). 120 steps is 40% of the demo's budget: the digits side
-compares methods early in training, with the untrained encoder (random init) as the floor.
-``--digits-seeds N`` buys more seeds.
+Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
+3 digits seeds x 300 optimiser steps of batch 256 (the demo's recipe and length, past early
+training) per setting, about 90 single-process digits runs: about 5 h on an idle 2-core
+machine, an estimate from the demo's 98 s of 2-process pretraining (about 3 min for one
+single-process run with its probe), not a measurement. ``minc_vs_spectral`` alone is 9 of them
+(about 35 min). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
+docs table records the budget it was run at.
 """
 
 from __future__ import annotations
