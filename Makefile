@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the project with its dev tools (automatic)
 
-demo: $(STAMP) ## pretrain MINC on the embedded digits (2 CPU processes), then probe; prints a table
-	$(PY) -m scaled.tools.demo --output-dir $(RUN)
+demo: $(STAMP) ## pretrain MINC on the digits (2 CPU processes), probe, table + report.png (ARGS="--seed 1")
+	$(PY) -m scaled.tools.demo --output-dir $(RUN) $(if $(ARGS),-- $(ARGS))
 
 test: $(STAMP) lint ## lint, then every test (slow, distributed and notebook tests included)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
@@ -44,7 +44,7 @@ bench: $(STAMP) ## CPU benchmarks (losses, variance, step, loader): JSON in runs
 notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/[0-9]*.py
 
-experiments: $(STAMP) ## the paper's ablations at CPU scale (about 40 minutes); JSON + PNG into docs/results/
+experiments: $(STAMP) ## the paper's ablations, 3 seeds (about 5 h on an idle 2-core CPU); JSON + PNG into docs/results/
 	$(PY) -m scaled.tools.experiments all --output-dir docs/results
 
 clean: ## remove runs/ and caches (keeps .venv)

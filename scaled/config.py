@@ -265,11 +265,21 @@ def demo() -> PretrainConfig:
     """MINC on the embedded MNIST digits, small ResNet, 2 CPU processes (gloo).
 
     Command: ``make demo`` (= ``python -m scaled.tools.demo``, which runs ``torchrun
-    --nproc_per_node=2 scaled/pretrain.py --preset demo`` and then the linear probe).
-    Hardware: 2 CPU cores, no GPU; a few minutes.
-    Expected result: the probe accuracy of the pretrained encoder is above both the same encoder
-    at random initialisation and a linear probe on raw pixels (measured numbers: docs/results.md,
-    printed by ``make demo``).
+    --nproc_per_node=2 scaled/pretrain.py --preset demo``, then the fast linear probe and a kNN,
+    and writes ``runs/demo/report.png``); another seed: ``make demo ARGS="--seed 1"``.
+    Hardware: 2 CPU cores, no GPU; about 2 minutes of pretraining on an idle machine (98 s
+    measured at load 1.6), many more when the cores are shared.
+    Expected result (seeds 0, 1, 2 in docs/results.md, "The demo"): the linear probe of the
+    pretrained encoder is above the same encoder at random initialisation and above raw pixels;
+    its kNN is above random init but *below* raw pixels (95.2%), and the linear probe is below
+    issue 19's 96% goal: the demo prints that the goal is not met. A tuning sweep on top of this
+    recipe (feature_norm 4 / 16 / 64, crop scale 0.25, width 32, lr 5e-3; one seed each, all
+    300 steps, seed 0 at 94.2 / 91.3) moved the probe by at most a point (lr 5e-3: 95.0 / 90.6;
+    feature_norm 4: 94.7 / 91.5), within one-seed noise, and never brought the kNN above raw
+    pixels, so the recipe is unchanged. ``feature_norm`` stays 1: 16 and 64 collapsed (effective
+    rank ~1) and weakened the ``Cbar`` ordering (docs/results.md, "MINC's signature"). No method
+    reached the goal at this budget either: SimCLR with the same recipe scored 95.6 / 93.5 and
+    BYOL 93.7 / 89.0 (one seed each).
     """
     return PretrainConfig(
         method="minc",

@@ -23,17 +23,20 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
-Budget (2-core development machine): ``all`` about 40 min (graph: 3 seeds x 1000 steps per
-setting; digits: 1 seed x 120 optimiser steps of batch 256 per setting with the ``demo``
-preset's recipe, about a minute a run). 120 steps is 40% of the demo's budget: the digits side
-compares methods early in training, with the untrained encoder (random init) as the floor.
-``--digits-seeds N`` buys more seeds.
+Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
+3 digits seeds x 300 optimiser steps of batch 256 (the demo's recipe and length, past early
+training) per setting, about 90 single-process digits runs: about 5 h on an idle 2-core
+machine, an estimate from the demo's 98 s of 2-process pretraining (about 3 min for one
+single-process run with its probe), not a measurement. ``minc_vs_spectral`` alone is 9 of them
+(about 35 min). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
+docs table records the budget it was run at.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -58,7 +61,14 @@ from scaled.tools.provenance import (
     replace_section,
 )
 
-EXPERIMENT_NAMES = ("batch_size", "alpha", "gha_target", "aux_ema", "baselines")
+EXPERIMENT_NAMES = (
+    "minc_vs_spectral",
+    "batch_size",
+    "alpha",
+    "gha_target",
+    "aux_ema",
+    "baselines",
+)
 DOCS_BEGIN, DOCS_END = markers("experiments")
 
 
@@ -68,16 +78,25 @@ DOCS_BEGIN, DOCS_END = markers("experiments")
 
 
 def summarise(values: Sequence[float]) -> dict[str, Any]:
-    """Per-seed values with their mean and (population) standard deviation.
+    """Per-seed values with their mean, (population) standard deviation and the half-width of
+    the 95% confidence interval of the mean, ``t_{0.975, n-1} s / sqrt(n)`` with ``s`` the sample
+    standard deviation (Student t; NaN for one seed).
 
     Non-finite values are kept as they are (a diverged run is a result); the mean and std are then
     NaN, and the table shows them as ``nan``.
     """
+    from scipy.stats import t as student_t
+
     arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    n = arr.size
+    ci = math.nan
+    if n >= 2:
+        ci = float(student_t.ppf(0.975, n - 1) * arr.std(ddof=1) / math.sqrt(n))
     return {
         "values": arr.tolist(),
-        "mean": float(arr.mean()) if arr.size else math.nan,
-        "std": float(arr.std()) if arr.size else math.nan,
+        "mean": float(arr.mean()) if n else math.nan,
+        "std": float(arr.std()) if n else math.nan,
+        "ci95": ci,
     }
 
 
@@ -94,12 +113,18 @@ class Row:
 
 
 def _cell(summary: dict[str, Any]) -> str:
-    mean, std = summary["mean"], summary["std"]
+    mean = summary["mean"]
     if not math.isfinite(mean):
         return "nan"
     if len(summary["values"]) == 1:
         return f"{mean:.3f}"
-    return f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.3f} ± {_ci95(summary):.3f}"  # the half-width of the 95% interval
+
+
+def _ci95(summary: dict[str, Any]) -> float:
+    """The summary's 95% half-width; recomputed from the per-seed values for result files
+    written before it was recorded."""
+    return summary["ci95"] if "ci95" in summary else summarise(summary["values"])["ci95"]
 
 
 def markdown_tables(result: dict[str, Any]) -> str:
@@ -112,7 +137,8 @@ def markdown_tables(result: dict[str, Any]) -> str:
         metric_keys = list(dict.fromkeys(k for r in mine for k in r["metrics"]))
         header = setting_keys + metric_keys
         seeds = result.get("digits_seeds", []) if problem == "digits" else result["seeds"]
-        out.append(f"**{problem}** ({len(seeds)} seed(s): mean ± std)\n")
+        spread = "mean ± half-width of the 95% interval" if len(seeds) > 1 else "no interval"
+        out.append(f"**{problem}** ({len(seeds)} seed(s): {spread})\n")
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         for r in mine:
@@ -264,11 +290,11 @@ class DigitsBudget:
     """Model size and step budget of the digits problem: preset ``demo`` (its optimiser, lr,
     feature normalisation, width and projector) with fewer steps per run."""
 
-    steps: int = 120
+    steps: int = 300  # the demo's: 20 epochs of 15 steps
     batch_size: int = 256
-    probe_train: int = 2000
+    probe_train: int = 4000
     probe_test: int = 1000
-    probe_epochs: int = 30
+    probe_epochs: int = 100
 
     def to_json(self) -> dict[str, Any]:
         from scaled.config import demo
@@ -310,7 +336,7 @@ def digits_config(budget: DigitsBudget, seed: int, output_dir: str, **overrides:
         max_steps=budget.steps,
         warmup_epochs=0.1 * epochs,
         online_probe=False,
-        log_every=max(1, budget.steps),
+        log_every=max(1, budget.steps // 2),  # the last record times the second half
         **overrides,
     )
     validate(cfg)
@@ -402,7 +428,19 @@ def digits_run(budget: DigitsBudget, seed: int, *, random_init: bool = False, **
         metrics = _probe(model, cfg, budget)
         # a finite loss with non-finite projector outputs is a divergence too
         diverged = float(not math.isfinite(metrics["effective_rank"]))
-        return {**metrics, "diverged": diverged, "train_seconds": train_s}
+        step_s = _seconds_per_step(Path(tmp), cfg.batch_size)
+        return {**metrics, "diverged": diverged, "train_seconds": train_s, "step_seconds": step_s}
+
+
+def _seconds_per_step(run_dir: Path, batch_size: int) -> float:
+    """Mean optimiser-step time of a run, from the trainer's last ``img_per_s`` record (it spans
+    the steps since the previous log: set-up and start-up excluded); NaN without one."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return math.nan
+    rates = [json.loads(line).get("img_per_s") for line in path.read_text().splitlines() if line]
+    rates = [r for r in rates if isinstance(r, (int, float)) and r > 0]
+    return batch_size / rates[-1] if rates else math.nan
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,7 +630,40 @@ def baselines_experiment(budget: Budget) -> list[Row]:
     return _sweep(budget, settings, lambda s: None, kwargs)
 
 
+def minc_vs_spectral_experiment(budget: Budget) -> list[Row]:
+    """MINC vs the pairwise spectral loss on the digits at equal steps and at equal wall time.
+
+    Spectral has no target forward, so a step costs it less: equal steps favour MINC's cost.
+    Per seed: MINC and spectral for the budget's steps, then spectral again for
+    ``steps x (MINC s/step) / (spectral s/step)`` steps, both step times measured in this
+    seed's two runs (the trainer's images/s over the second half of the run, set-up excluded; a
+    shared machine makes them noisy). The demo's recipe (preset ``demo``), one CPU process a run.
+    """
+    rows: list[Row] = []
+    per_seed: dict[str, list[dict[str, float]]] = {"minc": [], "spectral": [], "equal_time": []}
+    for seed in budget.digits_seeds:
+        minc = digits_run(budget.digits, seed, method="minc")
+        spectral = digits_run(budget.digits, seed, method="spectral")
+        ratio = minc.get("step_seconds", math.nan) / spectral.get("step_seconds", math.nan)
+        steps = max(1, round(budget.digits.steps * ratio)) if math.isfinite(ratio) else 0
+        longer = dataclasses.replace(budget.digits, steps=steps)
+        equal = digits_run(longer, seed, method="spectral") if steps else {"diverged": 1.0}
+        per_seed["minc"].append({**minc, "steps": budget.digits.steps})
+        per_seed["spectral"].append({**spectral, "steps": budget.digits.steps})
+        per_seed["equal_time"].append({**equal, "steps": steps})
+    settings = {
+        "minc": {"method": "minc", "budget": "steps"},
+        "spectral": {"method": "spectral", "budget": "equal steps"},
+        "equal_time": {"method": "spectral", "budget": "equal wall time"},
+    }
+    for key, setting in settings.items():
+        rows.append(_collect("digits", setting, per_seed[key]))
+        _progress(rows[-1])
+    return rows
+
+
 EXPERIMENTS: dict[str, Callable[[Budget], list[Row]]] = {
+    "minc_vs_spectral": minc_vs_spectral_experiment,
     "batch_size": batch_size_experiment,
     "alpha": alpha_experiment,
     "gha_target": gha_target_experiment,
@@ -625,8 +696,8 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
         mine = [r for r in rows if r["problem"] == problem and metric in r["metrics"]]
         x = np.arange(len(mine))
         means = [r["metrics"][metric]["mean"] for r in mine]
-        stds = [r["metrics"][metric]["std"] for r in mine]
-        ax.bar(x, means, yerr=stds, color="#8fb3d9", capsize=3)
+        stds = [_ci95(r["metrics"][metric]) for r in mine]
+        ax.bar(x, means, yerr=np.nan_to_num(stds), color="#8fb3d9", capsize=3)
         for i, r in enumerate(mine):
             vals = r["metrics"][metric]["values"]
             ax.plot([i] * len(vals), vals, "k.", ms=4)
@@ -635,7 +706,7 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{problem}: {metric}", fontsize=9)
     fig.suptitle(
         f"{result['experiment']} ({'quick' if result['config']['quick'] else 'full'}; "
-        f"bars: mean ± std over seeds, dots: seeds)",
+        f"bars: mean ± 95% interval over seeds, dots: seeds)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -651,7 +722,10 @@ def run_experiment(name: str, budget: Budget, out: Path) -> dict[str, Any]:
     result = {
         "experiment": name,
         "description": (EXPERIMENTS[name].__doc__ or "").strip(),
-        "command": f"python -m scaled.tools.experiments {name}" + " --quick" * budget.quick,
+        "command": f"python -m scaled.tools.experiments {name}"
+        + " --quick" * budget.quick
+        + f" --seeds {len(budget.seeds)} --digits-seeds {len(budget.digits_seeds)}"
+        + f" --digits-steps {budget.digits.steps}",
         "seeds": list(budget.seeds),
         "digits_seeds": list(budget.digits_seeds),
         "config": budget.to_json(),
@@ -736,8 +810,9 @@ def publish(names: Sequence[str], out: Path) -> None:
     for name in names:
         if (out / f"{name}.json").resolve() != (results / f"{name}.json").resolve():
             shutil.copyfile(out / f"{name}.json", results / f"{name}.json")
-    for path in sorted(results.glob("*.json")):
-        plot_result(json.loads(path.read_text(encoding="utf-8")), path.with_suffix(".png"))
+    for path in (results / f"{n}.json" for n in EXPERIMENT_NAMES):  # not the analyses' files
+        if path.is_file():
+            plot_result(json.loads(path.read_text(encoding="utf-8")), path.with_suffix(".png"))
     write_docs(results, root / "docs" / "results.md")
     print(f"wrote {root / 'docs' / 'results.md'} and {results}/", file=sys.stderr)
 
@@ -747,15 +822,21 @@ def publish(names: Sequence[str], out: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def make_budget(quick: bool, seeds: int | None, digits_seeds: int | None) -> Budget:
-    """Full (3 graph seeds, 1 digits seed) or quick (1 seed each, tiny budgets)."""
+def make_budget(
+    quick: bool, seeds: int | None, digits_seeds: int | None, digits_steps: int | None = None
+) -> Budget:
+    """Full (3 graph seeds, 3 digits seeds of the demo's 300 steps) or quick (1 seed each, tiny
+    budgets); ``digits_steps`` shortens (or lengthens) every digits run."""
     n = seeds if seeds is not None else (1 if quick else 3)
-    nd = digits_seeds if digits_seeds is not None else 1
+    nd = digits_seeds if digits_seeds is not None else (1 if quick else 3)
+    digits = DIGITS_QUICK if quick else DIGITS_FULL
+    if digits_steps is not None:
+        digits = dataclasses.replace(digits, steps=digits_steps)
     return Budget(
         seeds=tuple(range(n)),
         digits_seeds=tuple(range(nd)),
         graph=GRAPH_QUICK if quick else GRAPH_FULL,
-        digits=DIGITS_QUICK if quick else DIGITS_FULL,
+        digits=digits,
         quick=quick,
     )
 
@@ -772,7 +853,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="1 seed, tiny budgets (tests)")
     parser.add_argument("--seeds", type=int, default=None, help="graph seeds (default 3; quick 1)")
     parser.add_argument(
-        "--digits-seeds", type=int, default=None, help="digits seeds (default 1: CPU budget)"
+        "--digits-seeds", type=int, default=None, help="digits seeds (default 3; quick 1)"
+    )
+    parser.add_argument(
+        "--digits-steps",
+        type=int,
+        default=None,
+        help="optimiser steps of each digits run (default 300, the demo's; fewer = a reduced "
+        "budget, recorded in the JSON and the docs)",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=Path("runs/experiments"), help="(runs/experiments)"
@@ -803,12 +891,16 @@ def run_command(args: argparse.Namespace) -> None:
     valid = (*EXPERIMENT_NAMES, "all", "docs")
     if args.name not in valid:
         raise UserError(f"unknown experiment {args.name!r}; use one of {', '.join(valid)}")
-    for flag, value in (("--seeds", args.seeds), ("--digits-seeds", args.digits_seeds)):
+    for flag, value in (
+        ("--seeds", args.seeds),
+        ("--digits-seeds", args.digits_seeds),
+        ("--digits-steps", args.digits_steps),
+    ):
         if value is not None and value < 1:
-            raise UserError(f"{flag} {value} must be >= 1; pass a positive number of seeds")
+            raise UserError(f"{flag} {value} must be >= 1; pass a positive number")
     if args.write_docs or args.name == "docs":
         checkout_root()  # before the runs: an installed package has no docs/ to write into
-    budget = make_budget(args.quick, args.seeds, args.digits_seeds)
+    budget = make_budget(args.quick, args.seeds, args.digits_seeds, args.digits_steps)
     names = EXPERIMENT_NAMES if args.name == "all" else () if args.name == "docs" else (args.name,)
     for name in names:
         run_experiment(name, budget, args.output_dir)

@@ -14,6 +14,13 @@ top-1 accuracy), and draws one PNG per group of metrics into ``--output-dir``:
 
 Several runs are overlaid on the same axes, one colour per run, labelled by directory name.
 Default ``--output-dir``: ``RUN_DIR/plots`` for one run, ``./plots`` for several.
+
+``--report`` draws instead one picture of a single run, ``RUN_DIR/report.png`` (what
+``make demo`` writes, :func:`report`): the training curves (loss, online probe, effective rank),
+the eigen-spectrum and the diagonal of the final ``Cbar`` (Eq. 15; under GHA the diagonal
+approaches the eigenvalues in decreasing order, Eq. 13), ``|Cbar|`` as an image, and a 2-D scatter
+of the held-out digits on the first two non-constant features of the online network (the
+features the loss sees), coloured by class.
 """
 
 from __future__ import annotations
@@ -319,8 +326,141 @@ def plot_runs(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
     return [path for path in written if path is not None]
 
 
+# --------------------------------------------------------------------------- the report of one run
+
+
+def final_state(run_dir: str | Path, n_points: int = 1000) -> dict:
+    """From the newest checkpoint of ``run_dir``: ``Cbar``, its eigenvalues (descending), and the
+    loss-side features (projector output, ``--feature-norm`` applied, Eq. 23) and labels of the
+    first ``n_points`` held-out images.
+
+    Raises ``UserError`` (via :func:`scaled.checkpoint.load_model`) for an unreadable checkpoint,
+    ``FileNotFoundError`` when the folder holds none.
+    """
+    import torch
+
+    from scaled.checkpoint import list_checkpoints, load_model
+    from scaled.data import eval_dataset
+    from scaled.linear_eval import extract_features
+    from scaled.losses import normalized_features
+
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint (ckpt_*.pt)")
+    cfg, model, _ = load_model(ckpts[-1])
+    test_set = eval_dataset(cfg, "test")
+    h, labels = extract_features(model.online.backbone, test_set)
+    model.online.projector.eval()
+    with torch.no_grad():
+        z = model.online.projector(h[:n_points])
+        if cfg.feature_norm > 0:
+            z = normalized_features(z, cfg.feature_norm)
+    C = model.Cbar.double()
+    return {
+        "checkpoint": str(ckpts[-1]),
+        "method": cfg.method,
+        "feature_norm": cfg.feature_norm,
+        "Cbar": C.numpy(),
+        "eig": torch.linalg.eigvalsh(C).flip(0).numpy(),
+        "z": z.double().numpy(),
+        "labels": labels[:n_points].numpy(),
+    }
+
+
+def non_constant_features(z, count: int = 2, rel: float = 1e-3) -> list[int]:
+    """Indices of the first ``count`` columns of ``z`` whose std exceeds ``rel`` x the largest
+    (a collapsed or dead feature carries no picture); fewer when fewer qualify."""
+    import numpy as np
+
+    std = np.asarray(z).std(axis=0)
+    keep = [i for i in range(len(std)) if std[i] > rel * max(float(std.max()), 1e-300)]
+    return keep[:count]
+
+
+def _curve_panel(ax, records: list[dict], names: list[str], title: str) -> None:
+    for j, name in enumerate(names):
+        steps, values = _series(records, name)
+        if steps:
+            ax.plot(steps, values, color=_colours()[j % len(_colours())], label=name)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="x-small")
+
+
+def _spectrum_panel(ax, state: dict) -> None:
+    """Eigenvalues of Cbar (descending) and diag(Cbar) by feature index, log scale."""
+    import numpy as np
+
+    k = len(state["eig"])
+    idx = np.arange(k)
+    ax.semilogy(idx, np.maximum(state["eig"], 1e-12), "o-", ms=3, label="eigenvalues (sorted)")
+    ax.semilogy(idx, np.maximum(np.diag(state["Cbar"]), 1e-12), "s", ms=3, label="diag(Cbar)")
+    ax.set_title("final Cbar: GHA order = diagonal on the spectrum", fontsize=9)
+    ax.set_xlabel("feature index i")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small")
+
+
+def _matrix_panel(fig, ax, state: dict) -> None:
+    import numpy as np
+
+    C = np.abs(state["Cbar"])
+    im = ax.imshow(C / max(C.max(), 1e-300), cmap="viridis")
+    ax.set_title("|Cbar| / max (ordered, decorrelated = diagonal)", fontsize=9)
+    ax.set_xlabel("j")
+    ax.set_ylabel("i")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+
+
+def _scatter_panel(ax, state: dict) -> None:
+    cols = non_constant_features(state["z"])
+    if len(cols) < 2:
+        ax.text(0.5, 0.5, "fewer than two non-constant features", ha="center", va="center")
+        ax.set_title("held-out digits", fontsize=9)
+        return
+    z, y = state["z"], state["labels"]
+    sc = ax.scatter(z[:, cols[0]], z[:, cols[1]], c=y, cmap="tab10", s=5, vmin=-0.5, vmax=9.5)
+    ax.set_xlabel(f"feature {cols[0]}")
+    ax.set_ylabel(f"feature {cols[1]}")
+    ax.set_title(f"held-out digits on features {cols[0]}, {cols[1]} (colour: class)", fontsize=9)
+    ax.legend(*sc.legend_elements(), fontsize="xx-small", ncol=2, loc="best")
+
+
+def report(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Draw the one-picture report of ``run_dir`` (module docstring) into ``path``
+    (default ``run_dir/report.png``); return its path."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        raise ValueError(f"{run_dir}/metrics.jsonl is empty")
+    state = final_state(run_dir)
+    names = _metric_names(records)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
+    _curve_panel(axes[0, 0], records, [n for n in names if _is_loss(n)], "training loss")
+    _curve_panel(
+        axes[0, 1], records, [n for n in names if "probe" in n.lower()], "online linear probe"
+    )
+    _curve_panel(axes[0, 2], records, [n for n in names if n.startswith("eff_rank")], "eff. rank")
+    _spectrum_panel(axes[1, 0], state)
+    _matrix_panel(fig, axes[1, 1], state)
+    _scatter_panel(axes[1, 2], state)
+    fig.suptitle(
+        f"{run_dir.name}: {state['method']}, feature_norm {state['feature_norm']:g} "
+        f"({Path(state['checkpoint']).name})"
+    )
+    fig.tight_layout()
+    path = Path(path) if path is not None else run_dir / "report.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--output-dir DIR]``."""
+    """Command line: ``python -m scaled.tools.plot RUN_DIR [RUN_DIR ...] [--output-dir DIR]``
+    (``--report``: ``RUN_DIR/report.png`` of one run)."""
     parser = argparse.ArgumentParser(
         prog="python -m scaled.tools.plot",
         description="Plot loss, probe accuracy, lr, throughput and health curves of training runs.",
@@ -331,8 +471,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="folder for the PNGs (default: RUN_DIR/plots for one run, ./plots for several)",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="one picture of one run: curves, final Cbar, 2-D feature scatter (RUN_DIR/report.png)",
+    )
     args = parser.parse_args(argv)
     out = args.output_dir
+    if args.report:
+        try:
+            print(report_command(args.run_dirs, out))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if out is None:
         out = Path(args.run_dirs[0]) / "plots" if len(args.run_dirs) == 1 else Path("plots")
     try:
@@ -359,6 +511,21 @@ def plot_command(run_dirs: list[str], out: str | Path) -> list[Path]:
             f"{exc}; the run has not reached its first log interval yet "
             "(wait for it, or lower --log-every)"
         ) from None
+
+
+def report_command(run_dirs: list[str], out: str | Path | None) -> Path:
+    """:func:`report` of the one run in ``run_dirs``, errors as ``UserError``."""
+    if len(run_dirs) != 1:
+        raise UserError(f"--report draws one run, got {len(run_dirs)}; pass one RUN_DIR")
+    try:
+        return report(run_dirs[0], None if out is None else Path(out) / "report.png")
+    except FileNotFoundError as exc:
+        raise UserError(
+            f"{exc}; pass the --output-dir of a finished scaled.pretrain run "
+            "(metrics.jsonl and a ckpt_*.pt)"
+        ) from None
+    except ValueError as exc:
+        raise UserError(f"{exc}; wait for the run's first log interval") from None
 
 
 if __name__ == "__main__":

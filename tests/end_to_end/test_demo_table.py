@@ -24,3 +24,28 @@ def test_table_has_one_line_per_row():
     table = format_table(_rows(0.936, 0.767, 0.891))
     assert "93.6%" in table and "76.7%" in table and "89.1%" in table
     assert len(table.splitlines()) == 5
+
+
+def _rows2(ours: tuple[float, float], pixels: tuple[float, float]) -> dict:
+    return {
+        "pretrained encoder": {"top1": ours[0], "knn_top1": ours[1]},
+        "random-init encoder": {"top1": 0.77, "knn_top1": 0.74},
+        "raw pixels": {"top1": pixels[0], "knn_top1": pixels[1]},
+    }
+
+
+def test_verdict_names_the_column_lost_and_the_winner():
+    from scaled.tools.demo import verdict
+
+    line = verdict(_rows2((0.935, 0.907), (0.891, 0.952)))
+    assert line.startswith("WARNING") and "on kNN" in line and "linear probe and" not in line
+    assert "kNN: raw pixels best (95.2%)" in line and "NOT met" in line
+
+
+def test_verdict_goal_met_only_when_both_columns_pass_it():
+    from scaled.tools.demo import verdict
+
+    assert verdict(_rows2((0.965, 0.960), (0.891, 0.952))).endswith(") met")
+    # beats both baselines but linear below 96%: goal not met
+    line = verdict(_rows2((0.950, 0.960), (0.891, 0.952)))
+    assert line.startswith("the pretrained encoder beats both") and line.endswith("NOT met")

@@ -17,7 +17,17 @@ from scaled.tools import experiments as ex
 
 def test_summarise_mean_std_and_values():
     s = ex.summarise([1.0, 3.0])
-    assert s == {"values": [1.0, 3.0], "mean": 2.0, "std": 1.0}
+    assert {k: s[k] for k in ("values", "mean", "std")} == {
+        "values": [1.0, 3.0],
+        "mean": 2.0,
+        "std": 1.0,
+    }
+    # 95% half-width t_{0.975, 1} s / sqrt(2) with s = sqrt(2): the t quantile itself (12.706)
+    assert s["ci95"] == pytest.approx(12.7062047, rel=1e-6)
+    # five values 1..5: s = sqrt(2.5), t_{0.975, 4} = 2.7764451
+    five = ex.summarise([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert five["ci95"] == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert math.isnan(ex.summarise([1.0])["ci95"])
     assert math.isnan(ex.summarise([1.0, math.nan])["mean"])
 
 
@@ -69,7 +79,7 @@ def _fake_result() -> dict:
 def test_markdown_table_shows_mean_and_std():
     table = ex.markdown_tables(_fake_result())
     assert "| method | subspace_distance |" in table
-    assert "0.200 ± 0.100" in table
+    assert "0.200 ± 1.271" in table  # 95% half-width of two seeds 0.1, 0.3
 
 
 def test_write_docs_replaces_only_between_markers(tmp_path):
@@ -79,7 +89,7 @@ def test_write_docs_replaces_only_between_markers(tmp_path):
     ex.write_docs(tmp_path, docs)
     text = docs.read_text()
     assert text.startswith("before\n") and text.endswith("after\n")
-    assert "old" not in text and "0.200 ± 0.100" in text
+    assert "old" not in text and "0.200 ± 1.271" in text
     ex.write_docs(tmp_path, docs)  # idempotent
     assert docs.read_text() == text
 

@@ -96,3 +96,61 @@ def test_cli_errors_are_one_line(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     expected = {"missing": "does not exist", "no_metrics": "no metrics.jsonl", "empty": "is empty"}
     assert expected[case] in lines[0] and "Traceback" not in proc.stderr
+
+
+def _fake_checkpointed_run(run_dir: Path) -> None:
+    """A run folder with metrics.jsonl and one checkpoint of the demo network (untrained)."""
+    import dataclasses
+
+    import torch
+
+    from scaled.checkpoint import SCHEMA_VERSION, checkpoint_path
+    from scaled.config import config_to_dict, demo
+    from scaled.model import SSLModel
+
+    _fake_run(run_dir)
+    cfg = dataclasses.replace(demo(), width=8, proj_out=8, proj_hidden=32, output_dir=str(run_dir))
+    torch.manual_seed(0)
+    model = SSLModel(cfg, 1, 10)
+    model.Cbar.copy_(torch.diag(torch.linspace(1.0, 0.1, 8)))
+    ckpt = {
+        "schema": SCHEMA_VERSION,
+        "model": model.state_dict(),
+        "config": config_to_dict(cfg),
+        "arch": cfg.arch,
+        "in_channels": 1,
+        "num_classes": 10,
+        "step": 20,
+    }
+    torch.save(ckpt, checkpoint_path(run_dir, 20))
+
+
+def test_report_draws_one_picture_with_the_final_cbar(tmp_path):
+    from scaled.tools.plot import final_state, report
+
+    _fake_checkpointed_run(tmp_path / "run")
+    state = final_state(tmp_path / "run", n_points=50)
+    assert np.allclose(np.diag(state["Cbar"]), np.linspace(1.0, 0.1, 8), atol=1e-6)
+    assert np.allclose(state["eig"], np.linspace(1.0, 0.1, 8), atol=1e-6)  # descending
+    assert state["z"].shape == (50, 8) and np.allclose((state["z"] ** 2).sum(1), 1.0, atol=1e-5)
+    path = report(tmp_path / "run")
+    assert path == tmp_path / "run" / "report.png"
+    h, w = matplotlib.image.imread(path).shape[:2]
+    assert w > 1000 and h > 600
+
+
+def test_non_constant_features_skip_dead_columns():
+    from scaled.tools.plot import non_constant_features
+
+    z = np.zeros((20, 5))
+    z[:, 2] = np.arange(20)
+    z[:, 4] = np.sin(np.arange(20))
+    assert non_constant_features(z) == [2, 4]
+    assert non_constant_features(np.ones((5, 3))) == []
+
+
+def test_report_of_a_run_without_checkpoint_is_one_error_line(tmp_path, capsys):
+    _fake_run(tmp_path / "run")
+    assert main([str(tmp_path / "run"), "--report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no checkpoint" in err and len(err.splitlines()) == 1

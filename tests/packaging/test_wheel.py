@@ -95,7 +95,7 @@ def test_console_commands(installed_wheel: Path, tmp_path: Path, command: str):
     assert any(s in out.stdout for s in ("--checkpoint", "--preset", "checkpoint out"))
 
 
-@pytest.mark.parametrize("tool", ["bench", "experiments", "plot", "demo"])
+@pytest.mark.parametrize("tool", ["bench", "experiments", "plot", "demo", "signature", "gradvar"])
 def test_tools_ship_in_the_wheel(installed_wheel: Path, tmp_path: Path, tool: str):
     out = _run(
         [str(installed_wheel / "bin" / "python"), "-m", f"scaled.tools.{tool}", "--help"], tmp_path
