@@ -23,6 +23,7 @@ by hand where it does not, with the reason next to each.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -95,6 +96,13 @@ def blur_kernel_size(size: int) -> int:
 # --------------------------------------------------------------------------- per-sample parameters
 
 
+@functools.lru_cache
+def _jitter_ranges(strengths: tuple[float, float, float, float]) -> tuple:
+    """ColorJitter's factor ranges for the strengths (built once: ~1 ms per construction)."""
+    cj = T.ColorJitter(*strengths)
+    return cj.brightness, cj.contrast, cj.saturation, cj.hue
+
+
 def draw_colour_params(recipe: ViewRecipe) -> dict[str, torch.Tensor]:
     """One view's colour parameters from torch's default generator (seeded per sample).
 
@@ -107,8 +115,7 @@ def draw_colour_params(recipe: ViewRecipe) -> dict[str, torch.Tensor]:
     jitter = not recipe.jitter_p < torch.rand(1)  # T.RandomApply: skip when p < u
     order, factors = torch.arange(4), torch.tensor([1.0, 1.0, 1.0, 0.0])
     if jitter:
-        cj = T.ColorJitter(*recipe.jitter)
-        order, *fs = T.ColorJitter.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue)
+        order, *fs = T.ColorJitter.get_params(*_jitter_ranges(recipe.jitter))
         factors = torch.tensor(fs, dtype=torch.float32)
     gray = bool(torch.rand(1) < recipe.gray_p)  # T.RandomGrayscale
     blur = not recipe.blur_p < torch.rand(1)  # T.RandomApply(GaussianBlur)

@@ -436,7 +436,7 @@ def eval_in_channels(cfg) -> int:
 
 # Which loader `--loader auto` picks on a CPU for ImageFolder data: the faster one measured by
 # `python -m scaled.tools.bench loader` (docs/results.md, "Input pipeline").
-CPU_IMAGEFOLDER_LOADER = "device"
+CPU_IMAGEFOLDER_LOADER = "torch"
 
 
 def resolved_loader(cfg, device_type: str) -> str:
