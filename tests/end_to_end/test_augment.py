@@ -215,3 +215,25 @@ def test_pixel_statistics_match_the_reference_path(tmp_path):
     for j in range(4):
         assert stats.ks_2samp(old[:, j], new[:, j]).pvalue > KS_ALPHA, j
     assert stats.ks_2samp(old[:, 1], new[:, 3]).pvalue < KS_ALPHA  # std: blurred vs mostly not
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_stage_on_cuda_equals_cpu_without_a_host_sync():
+    """On CUDA: the same views as on the CPU (float32 round-off; blur and hue use other kernels),
+    no host sync inside the stage, and `time_device_stage` (what `make gpu-check` calls) runs."""
+    from scaled.tools.bench.loader import synthetic_views, time_device_stage
+
+    views = synthetic_views(16, 64)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    want = [A.device_stage(v, cpu, torch.contiguous_format) for v in views]
+    pinned = [{k: t.pin_memory() for k, t in v.items()} for v in views]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = [A.device_stage(v, cuda, torch.channels_last) for v in pinned]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, **tol("float32"))
+    assert time_device_stage("cuda", batch=32, image_size=64, reps=1)["ms_per_batch"] > 0

@@ -105,6 +105,12 @@ def test_resume_is_bitwise_exact_with_the_device_loader(folder, tmp_path):
         assert torch.equal(sa["model"][k], sb["model"][k]), k
 
 
+def test_nan_fault_exits_3_with_the_device_loader(folder, tmp_path, capsys):
+    argv = [*TINY, *JPEG, "--data-dir", str(folder), "--max-steps", "3", "--log-every", "3"]
+    assert main([*argv, "--fault-inject", "nan@2", "--output-dir", str(tmp_path / "r")]) == 3
+    assert "loss is nan at step 2" in capsys.readouterr().err
+
+
 def test_no_host_sync_in_the_step_with_the_device_loader(folder, tmp_path):
     argv = [*TINY, *JPEG, "--data-dir", str(folder), "--optimizer", "lars", "--max-steps", "3"]
     argv += ["--log-every", "2", "--output-dir", str(tmp_path / "run")]
