@@ -503,6 +503,11 @@ def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, lo
 
     if not cfg.data_dir:
         raise UserError("--loader dali needs an ImageFolder --data-dir; use --loader torch")
+    if cfg.augment != "byol":  # scaled/dali_loader.py builds BYOL's views only
+        raise UserError(
+            f"--loader dali has only BYOL's views, not --augment {cfg.augment}; "
+            "use --loader device or --loader torch"
+        )
     try:
         return DaliTwoViewLoader(
             Path(cfg.data_dir) / "train",
