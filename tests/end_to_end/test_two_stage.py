@@ -93,6 +93,7 @@ def test_crop_scale_is_the_recipes_unless_passed(folder):
         validate(replace(base, crop_scale_min=1.5))
 
 
+@pytest.mark.slow  # ~40 s here: three short runs
 def test_resume_is_bitwise_exact_with_the_device_loader(folder, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     common = [*TINY, *JPEG, "--data-dir", str(folder), "--checkpoint-every", "0"]
