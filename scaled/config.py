@@ -57,7 +57,8 @@ AMPS = ("bf16", "fp16", "none")
 CBAR_SOURCES = ("target", "online")
 ALPHA_ESTIMATORS = ("pairwise", "moment")
 EVAL_MODES = ("fast", "full")
-LOADERS = ("torch", "dali")
+LOADERS = ("auto", "torch", "device", "dali")
+AUGMENTS = ("byol", "simsiam", "simclr")
 
 
 class UserError(Exception):
@@ -128,10 +129,21 @@ class PretrainConfig:
         default="target", metadata={"help": "features feeding C_batch: target | online (C4)"}
     )
     loader: str = field(
-        default="torch",
+        default="auto",
         metadata={
-            "help": "torch (DataLoader, CPU decode) | dali (GPU decode + augment; needs CUDA and "
-            'pip install ".[dali]"; mid-epoch resume restarts the epoch)'
+            "help": "auto (ImageFolder: device on CUDA, the faster one measured on CPU, "
+            "docs/results.md; digits: torch) | torch (DataLoader, decode and augment on the "
+            "CPU: the reference) | device (two stages: CPU workers decode, crop and flip to "
+            "uint8, the device applies the colour ops batched; ImageFolder only) | dali (GPU "
+            'decode + augment; needs CUDA and pip install ".[dali]"; mid-epoch resume restarts '
+            "the epoch)"
+        },
+    )
+    augment: str = field(
+        default="byol",
+        metadata={
+            "help": "view augmentations: byol (BYOL's asymmetric views) | simsiam (MoCo v2's, "
+            "both views alike) | simclr (SimCLR's, both views alike)"
         },
     )
     predictor: str = field(
@@ -150,7 +162,13 @@ class PretrainConfig:
     )
     temperature: float = field(default=0.1, metadata={"help": "simclr temperature"})
     image_size: int = field(default=224, metadata={"help": "crop size (ImageFolder data)"})
-    crop_scale_min: float = field(default=0.08, metadata={"help": "RandomResizedCrop min scale"})
+    crop_scale_min: float = field(
+        default=0.0,
+        metadata={
+            "help": "RandomResizedCrop min scale; 0: the --augment recipe's (byol, simclr 0.08; "
+            "simsiam 0.2; embedded digits 0.5)"
+        },
+    )
     num_workers: int = field(default=8, metadata={"help": "data-loader workers per rank"})
     seed: int = field(default=0, metadata={"help": "seed of weights, data order, augmentations"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
@@ -339,6 +357,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "alpha_estimator": ALPHA_ESTIMATORS,
     "eval_mode": EVAL_MODES,
     "loader": LOADERS,
+    "augment": AUGMENTS,
 }
 
 
@@ -380,6 +399,10 @@ def validate(cfg: PretrainConfig) -> None:
         raise UserError("--beta must be in [0, 1) and --tau-base in [0, 1]; fix the value")
     if cfg.method == "alpha" and cfg.alpha <= 1.0:
         raise UserError(f"--alpha {cfg.alpha} must be > 1 (Eq. 18 needs m > 1); pass e.g. 2 or 1.5")
+    if not 0.0 <= cfg.crop_scale_min <= 1.0:
+        raise UserError(
+            f"--crop-scale-min {cfg.crop_scale_min} must be in [0, 1]; 0 means the recipe's"
+        )
     if cfg.feature_norm < 0:
         raise UserError(f"--feature-norm {cfg.feature_norm} must be >= 0; 0 means off")
     if cfg.device not in ("", "cpu", "cuda"):

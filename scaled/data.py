@@ -23,12 +23,21 @@ import torch.nn.functional as nnf
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
+from scaled.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RECIPES,
+    ViewRecipe,
+    blur_kernel_size,
+    draw_colour_params,
+)
 from scaled.config import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = (0.1307,), (0.3081,)
+DIGITS_SCALE_MIN = 0.5  # the digits' zoom-crop (RandomDigitWarp) when --crop-scale-min is 0
 SPLIT_SEED = 20250422  # fixed: the embedded train/test split never depends on --seed
 
 
@@ -118,31 +127,62 @@ class TensorImages(Dataset):
 # --------------------------------------------------------------------------- augmentations
 
 
-def byol_view_transform(size: int, blur_p: float, solarize_p: float, scale_min: float):
-    """BYOL's augmentation of one view (Grill et al. 2020, Table 6)."""
-    kernel = max(3, (size // 10) // 2 * 2 + 1)
+INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's default)
+
+
+def view_transform(recipe: ViewRecipe, size: int, scale_min: float) -> Callable:
+    """The all-CPU reference augmentation of one view (`--loader torch`): torchvision PIL ops.
+
+    `recipe` is a row of `scaled.augment.RECIPES`; `scale_min` the crop's lower scale.
+    """
     return T.Compose(
         [
             T.RandomResizedCrop(
-                size, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                size, scale=(scale_min, recipe.scale[1]), ratio=RATIO,
+                interpolation=INTERPOLATIONS[recipe.interpolation],
             ),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p),
-            T.RandomSolarize(128, p=solarize_p),
+            T.RandomHorizontalFlip(recipe.flip_p),
+            T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.jitter_p),
+            T.RandomGrayscale(p=recipe.gray_p),
+            T.RandomApply(
+                [T.GaussianBlur(blur_kernel_size(size), sigma=recipe.sigma)], p=recipe.blur_p
+            ),
+            T.RandomSolarize(128, p=recipe.solarize_p),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
-    )
+    )  # fmt: skip
 
 
-def byol_transforms(size: int, scale_min: float = 0.08) -> tuple[Callable, Callable]:
-    """The asymmetric pair: blur p 1.0 / 0.1, solarize p 0.0 / 0.2."""
-    return (
-        byol_view_transform(size, 1.0, 0.0, scale_min),
-        byol_view_transform(size, 0.1, 0.2, scale_min),
-    )
+class TwoStageView:
+    """The CPU stage of one view (`--loader device`): crop, flip, uint8; colour parameters drawn.
+
+    Returns `{"pixels": uint8 (3, size, size), **draw_colour_params(recipe)}`; the device stage
+    (`scaled.augment.device_stage`) applies the colour ops batched. The crop and flip are the
+    reference path's (`view_transform`) calls, drawn from the same generator in the same order,
+    so a sample gets the same crop, flip and colour parameters in both paths.
+    """
+
+    def __init__(self, recipe: ViewRecipe, size: int, scale_min: float) -> None:
+        self.recipe, self.size, self.scale = recipe, size, (scale_min, recipe.scale[1])
+        self.interpolation = INTERPOLATIONS[recipe.interpolation]
+
+    def __call__(self, img: Image.Image) -> dict[str, torch.Tensor]:
+        i, j, h, w = T.RandomResizedCrop.get_params(img, self.scale, RATIO)
+        size = [self.size, self.size]
+        view = TF.resized_crop(img, i, j, h, w, size, self.interpolation, antialias=True)
+        if torch.rand(1) < self.recipe.flip_p:  # T.RandomHorizontalFlip
+            view = TF.hflip(view)
+        return {"pixels": TF.pil_to_tensor(view), **draw_colour_params(self.recipe)}
+
+
+def crop_scale_min(cfg) -> float:
+    """The crop's lower scale: `--crop-scale-min` when set (> 0), else the `--augment` recipe's
+    (byol, simclr 0.08; simsiam 0.2) on ImageFolder data and 0.5 on the embedded digits."""
+    if cfg.crop_scale_min > 0:
+        return cfg.crop_scale_min
+    return RECIPES[cfg.augment][0].scale[0] if cfg.data_dir else DIGITS_SCALE_MIN
 
 
 class RandomDigitWarp:
@@ -309,14 +349,28 @@ class GlobalBatchSampler(Sampler):
                 yield (self.epoch, i)
 
 
-def pretrain_dataset(cfg, split: str = "train") -> tuple[ViewsDataset, int, int]:
-    """Two-view training set for `cfg`: (dataset, in_channels, num_classes)."""
+def pretrain_dataset(
+    cfg, split: str = "train", *, two_stage: bool = False
+) -> tuple[ViewsDataset, int, int]:
+    """Two-view training set for `cfg`: (dataset, in_channels, num_classes).
+
+    ImageFolder data: the `--augment` recipe's views, all on the CPU (`view_transform`, the
+    reference) or, with `two_stage`, the CPU stage only (`TwoStageView`: uint8 views plus their
+    colour parameters, for `scaled.augment.device_stage`). The digits have no colour stage.
+    """
+    scale = crop_scale_min(cfg)
     if cfg.data_dir:
         samples, classes = scan_image_folder(cfg.data_dir, split)
-        views = byol_transforms(cfg.image_size, cfg.crop_scale_min)
+        stage = TwoStageView if two_stage else view_transform
+        views = tuple(stage(r, cfg.image_size, scale) for r in RECIPES[cfg.augment])
         return ViewsDataset(ImageFiles(samples), views, cfg.seed), 3, len(classes)
+    if two_stage:
+        raise UserError(
+            "--loader device needs ImageFolder data (the digits have no colour stage); "
+            "pass --data-dir ROOT or --loader auto"
+        )
     images, labels = embedded_digits(split, cfg.n_train)
-    t = digit_transform(cfg.crop_scale_min)
+    t = digit_transform(scale)
     return ViewsDataset(TensorImages(images, labels), (t, t), cfg.seed), 1, 10
 
 
@@ -368,7 +422,7 @@ def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> 
         ds.classes = list(classes)
         return ds
     images, labels = embedded_digits(split, cfg.n_train)
-    t = digit_transform(cfg.crop_scale_min) if augment else digit_eval_transform()
+    t = digit_transform(crop_scale_min(cfg)) if augment else digit_eval_transform()
     ds = ViewsDataset(TensorImages(images, labels), (t,), cfg.seed)
     ds.batched_transform = None if augment else t  # deterministic: may run on the whole tensor
     ds.classes = list(DIGIT_CLASSES)
@@ -378,3 +432,19 @@ def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> 
 def eval_in_channels(cfg) -> int:
     """Channels of the images `eval_dataset` gives: 3 for an ImageFolder (RGB), 1 for digits."""
     return 3 if cfg.data_dir else 1
+
+
+# Which loader `--loader auto` picks on a CPU for ImageFolder data: the faster one measured by
+# `python -m scaled.tools.bench loader` (docs/results.md, "Input pipeline").
+CPU_IMAGEFOLDER_LOADER = "torch"
+
+
+def resolved_loader(cfg, device_type: str) -> str:
+    """The loader a run uses: `--loader` itself, or for `auto` the embedded digits' torch loader
+    (no colour stage), and on ImageFolder data the two-stage `device` loader on CUDA and the
+    measured faster one on a CPU."""
+    if cfg.loader != "auto":
+        return cfg.loader
+    if not cfg.data_dir:
+        return "torch"
+    return "device" if device_type == "cuda" else CPU_IMAGEFOLDER_LOADER

@@ -35,6 +35,7 @@ import torch.nn.functional as nnf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from scaled.augment import device_stage
 from scaled.checkpoint import (
     atomic_save,
     checkpoint_path,
@@ -53,7 +54,7 @@ from scaled.config import (
     parse_config,
     traits,
 )
-from scaled.data import GlobalBatchSampler, pretrain_dataset
+from scaled.data import GlobalBatchSampler, crop_scale_min, pretrain_dataset, resolved_loader
 from scaled.distributed import cleanup, global_second_moment, init_distributed
 from scaled.health import CollapseMonitor, representation_health
 from scaled.knn import knn_due, knn_monitor, monitor_sets
@@ -317,7 +318,9 @@ def probe_loss(run: RunState, out: dict[str, torch.Tensor], labels: torch.Tensor
 def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
     """One optimiser step over the micro-batches of a global batch.
 
-    Each micro-batch is what the loader yields: (x1, x2, labels, [indices,] skipped).
+    Each micro-batch is what the loader yields: (x1, x2, labels, [indices,] skipped); a view is
+    a tensor, or with the two-stage loader uint8 pixels and parameters that `device_stage`
+    augments on the device, batched.
 
     For each micro-batch: both views through the online network, the target forward, the
     statistics and the loss (`statistics_and_loss`), backward (DDP syncs on the last one only);
@@ -328,8 +331,7 @@ def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
     n = len(micro_batches)
     run.optimizer.zero_grad(set_to_none=True)
     for k, (x1, x2, labels, *_, skipped) in enumerate(micro_batches):
-        x1 = x1.to(run.device, non_blocking=True, memory_format=run.memory_format)
-        x2 = x2.to(run.device, non_blocking=True, memory_format=run.memory_format)
+        x1, x2 = (device_stage(v, run.device, run.memory_format) for v in (x1, x2))
         labels = labels.to(run.device, non_blocking=True)
         sync = k == n - 1 or run.world == 1
         with contextlib.nullcontext() if sync else run.online.no_sync():
@@ -364,9 +366,15 @@ def with_nan_fault(step_fn, nan_step: int):
     """FOR TESTS ONLY (`--fault-inject nan@STEP`): step `nan_step` sees NaN inputs, so its loss
     is NaN and the run must stop with exit status 3. Kept outside `train_step`."""
 
+    def poison(view):
+        if isinstance(view, dict):  # two-stage loader: a NaN jitter factor on every sample
+            ones = torch.ones_like(view["jitter"])
+            return {**view, "jitter": ones, "factors": view["factors"] * float("nan")}
+        return view * float("nan")
+
     def poisoned_step(run: RunState, micro_batches):
         if run.step + 1 == nan_step:
-            micro_batches = [(b[0] * float("nan"), *b[1:]) for b in micro_batches]
+            micro_batches = [(poison(b[0]), *b[1:]) for b in micro_batches]
         return step_fn(run, micro_batches)
 
     return poisoned_step
@@ -495,12 +503,17 @@ def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, lo
 
     if not cfg.data_dir:
         raise UserError("--loader dali needs an ImageFolder --data-dir; use --loader torch")
+    if cfg.augment != "byol":  # scaled/dali_loader.py builds BYOL's views only
+        raise UserError(
+            f"--loader dali has only BYOL's views, not --augment {cfg.augment}; "
+            "use --loader device or --loader torch"
+        )
     try:
         return DaliTwoViewLoader(
             Path(cfg.data_dir) / "train",
             batch_size=micro,
             crop=cfg.image_size,
-            scale_min=cfg.crop_scale_min,
+            scale_min=crop_scale_min(cfg),
             num_threads=max(cfg.num_workers, 1),
             device_id=local_rank,
             shard_id=rank,
@@ -594,10 +607,11 @@ def train(cfg: PretrainConfig) -> int:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
 
-    dataset, in_channels, num_classes = pretrain_dataset(cfg)
+    loader_kind = resolved_loader(cfg, device.type)
+    dataset, in_channels, num_classes = pretrain_dataset(cfg, two_stage=loader_kind == "device")
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
-    dali = build_dali_loader(cfg, micro, rank, world, local_rank) if cfg.loader == "dali" else None
+    dali = build_dali_loader(cfg, micro, rank, world, local_rank) if loader_kind == "dali" else None
     if dali is not None:  # DALI shards its own file list
         steps_per_epoch = len(dali) // cfg.accum_steps
     run = build_run_state(
@@ -611,6 +625,7 @@ def train(cfg: PretrainConfig) -> int:
         monitor_sets(cfg)  # scan the labelled data now: a missing val/ fails before step 1
     last_step = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
     start_logging(run, last_step, device_type)
+    say(run, f"input pipeline: --loader {cfg.loader} -> {loader_kind}")
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, _on_preempt_signal)
     loader = dali or DataLoader(

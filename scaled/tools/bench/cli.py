@@ -14,8 +14,8 @@ command that made it):
 - ``step``     the trainer's SSL step (``scaled.pretrain.train_step``) on synthetic data against a
                supervised step of the same backbone, with the time of the loss and statistics and
                of the EMA update as a share of the step (:mod:`.step`).
-- ``loader``   decoded + augmented images per second per CPU core of the default loader
-               (:mod:`.loader`).
+- ``loader``   images/s per CPU core of today's loader (all on the CPU) and of the two-stage
+               pipeline's CPU stage, and the device stage's ms per batch (:mod:`.loader`).
 - ``profile``  torch.profiler of one SSL step: the top operators ("where the time goes"), into
                docs/scaling.md (:mod:`.profile`).
 - ``all``      losses, variance, step and loader (CPU: about 5-8 minutes on 2 cores).
@@ -126,11 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks")
 
-    p = sub.add_parser("loader", parents=[common], help="images/s per core of the torch loader")
+    p = sub.add_parser("loader", parents=[common], help="CPU loaders per core, device stage")
     p.add_argument("--data-dir", default="", help="ImageFolder root with train/ (default: JPEGs)")
     p.add_argument("--images", type=_positive_int, default=96, help="images to time per setting")
     p.add_argument("--workers", type=_int_list, default=[1, 2], help="worker counts, e.g. 1,2")
     p.add_argument("--image-size", type=_positive_int, default=224, help="crop size")
+    p.add_argument("--device-batch", type=_positive_int, default=256, help="device stage batch")
 
     p = sub.add_parser("profile", parents=[common], help="torch.profiler of one MINC step")
     p.add_argument("--top", type=_positive_int, default=15, help="rows of the operator table")
