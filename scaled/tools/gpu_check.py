@@ -366,15 +366,21 @@ def results_section(payload: dict[str, Any]) -> str:
     """The docs/results.md section of one run: command, card, driver, versions, table."""
     from scaled.tools.provenance import provenance_line
 
-    env = payload["env"]
-    title = "GPU check" if payload["kind"] == "cuda" else "GPU check, dry run on the CPU"
+    env, cuda = payload["env"], payload["kind"] == "cuda"
+    title = "GPU check (`make gpu-check`)"
+    title = title if cuda else "GPU check, dry run (`make gpu-check DRY=1`)"
+    versions = f"torch {env['versions'].get('torch')} (lowest supported {env['torch_minimum']})"
+    card = (
+        f"Card: {env['device_name']}; driver {env.get('driver')}; {versions}; CUDA "
+        f"{env.get('cuda_runtime')}; cuDNN {env.get('cudnn')}  "
+        if cuda
+        else f"No card: the CPU at toy size; {versions}  "
+    )
     lines = [
-        f"### {title} (`make gpu-check`)",
+        f"### {title}",
         "",
         f"Command: `{payload['command']}`  ",
-        f"Card: {env['device_name']}; driver {env.get('driver')}; torch "
-        f"{env['versions'].get('torch')} (lowest supported {env['torch_minimum']}); CUDA "
-        f"{env.get('cuda_runtime')}; cuDNN {env.get('cudnn')}  ",
+        card,
         f"Measured on: {provenance_line(env)}",
         "",
         results_table(payload),
