@@ -11,8 +11,11 @@ after each step. `worker` is one rank of a gloo group, as torchrun would start i
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -113,6 +116,10 @@ def worker(rank: int, world: int, port: int, outdir: str, methods, variants) -> 
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
+    # One inductor cache per rank: two ranks compiling the same kernel into one shared cache
+    # raced here ("main.so: file too short"); a per-rank folder kept across runs stays warm.
+    cache = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}_minc_rank{rank}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
     init_distributed("cpu")
     torch.save(run_variants(methods, variants, rank, world), f"{outdir}/rank{rank}.pt")
     cleanup()
