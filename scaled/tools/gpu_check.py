@@ -264,8 +264,9 @@ def device_stage(sz: Sizes) -> StepResult:
         return StepResult("device_stage", "skipped", why)
     import torch
 
-    offer = {"device": torch.device(sz.device), "quick": sz is DRY}
-    offer |= {"batch_size": sz.batch_size, "image_size": sz.image_size}
+    dry = sz is DRY
+    offer = {"device": torch.device(sz.device), "image_size": sz.image_size}
+    offer |= {"batch": sz.batch_size if dry else 256, "reps": 1 if dry else 10, "quick": dry}
     accepted = inspect.signature(helper).parameters
     result = helper(**{k: v for k, v in offer.items() if k in accepted})
     return StepResult("device_stage", "pass", str(result)[:300], details={"result": result})
