@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= runs/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv demo test test-fast lint format bench notebooks experiments clean
+.PHONY: help venv demo test test-fast lint format bench notebooks experiments gpu-check gpu-wheels clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,28 @@ notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
 
 experiments: $(STAMP) ## the paper's ablations, 3 seeds (about 5 h on an idle 2-core CPU); JSON + PNG into docs/results/
 	$(PY) -m scaled.tools.experiments all --output-dir docs/results
+
+# The GPU check runs with the machine's own Python (GPU_PYTHON, not .venv): GPU nodes often have
+# their own torch and no package index. Wheels from `make gpu-wheels` (made where an index is
+# reachable) install with --no-index into GPU_SITE; PYTHONPATH=. runs the checkout itself.
+# (default: .venv's Python where it exists, as in a clone after `make test`; else python3)
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS ?= gpu-wheels
+GPU_SITE   ?= .gpu-site
+GPU_OUT    ?= runs/gpu-check
+# pytest (for the no-host-sync test) and its pure-Python dependencies; nothing else is needed
+GPU_WHEEL_PINS := pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
+
+gpu-check: ## on one CUDA GPU: every method bf16 + channels_last, compile, bench, no-sync (DRY=1: CPU toy run)
+	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
+	  $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target $(GPU_SITE) $(GPU_WHEELS)/*.whl \
+	  || for w in $(GPU_WHEELS)/*.whl; do $(GPU_PYTHON) -m zipfile -e $$w $(GPU_SITE); done; fi
+	PYTHONPATH=.:$(GPU_SITE) $(GPU_PYTHON) -m scaled.tools.gpu_check $(if $(DRY),--dry-run) \
+	  --output-dir $(GPU_OUT) --write-docs
+
+gpu-wheels: ## download the few pure-Python wheels gpu-check needs into gpu-wheels/ (for offline nodes)
+	$(GPU_PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+	@du -sh $(GPU_WHEELS)
 
 clean: ## remove runs/ and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache build dist *.egg-info

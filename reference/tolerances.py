@@ -18,6 +18,12 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-5),
     # bf16 inputs (8-bit mantissa, eps=7.8e-3) with float32 accumulation of the k x k statistics.
     "bfloat16": (5e-2, 5e-2),
+    # One whole training step of a network under bf16 (or fp16) autocast vs float32: the relative
+    # norm error of all its parameter gradients (rtol; atol unused). A small ResNet's gradient at
+    # initialisation is ill-conditioned: rounding only its weights to bf16 (all else float32)
+    # already moves it by ~0.14 in relative norm, full autocast by ~0.20-0.22 (measured on the
+    # CPU, tests/perf/test_gpu_path_on_cpu.py); 0.3 is that with room for other seeds and sizes.
+    "bfloat16_network_grad": (0.3, 0.0),
     # Analytic gradient vs central finite differences in float64 (tests/derivation): with step
     # h = 1e-5 the truncation error is O(h^2) ~ 1e-10 and round-off O(eps |f| / h) ~ 1e-11, both
     # relative to |grad|; 1e-6 (a relative norm error) leaves room for ill-scaled entries.

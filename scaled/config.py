@@ -53,7 +53,7 @@ METHODS = tuple(METHOD_TABLE)
 ARCHS = ("resnet50", "resnet50x2", "resnet18", "small_resnet")
 PREDICTORS = ("auto", "none", "linear", "mlp")
 OPTIMIZERS = ("lars", "sgd", "adamw")
-AMPS = ("bf16", "fp16", "none")
+AMPS = ("auto", "bf16", "fp16", "none")
 CBAR_SOURCES = ("target", "online")
 ALPHA_ESTIMATORS = ("pairwise", "moment")
 EVAL_MODES = ("fast", "full")
@@ -172,8 +172,21 @@ class PretrainConfig:
     num_workers: int = field(default=8, metadata={"help": "data-loader workers per rank"})
     seed: int = field(default=0, metadata={"help": "seed of weights, data order, augmentations"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
-    amp: str = field(default="bf16", metadata={"help": "autocast on CUDA: bf16 | fp16 | none"})
-    channels_last: bool = field(default=True, metadata={"help": "channels_last on CUDA"})
+    amp: str = field(
+        default="auto",
+        metadata={
+            "help": "autocast: auto (bf16 on CUDA, none on CPU) | bf16 | fp16 (+ GradScaler) | "
+            "none; an explicit value applies on the CPU too"
+        },
+    )
+    channels_last: bool | str = field(
+        default="auto",
+        metadata={
+            "help": "channels_last memory format (--channels-last / --no-channels-last); "
+            "default auto: on CUDA, off on CPU",
+            "auto_bool": True,
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile the online network"})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across ranks"})
     checkpoint_every: int = field(
@@ -408,10 +421,33 @@ def validate(cfg: PretrainConfig) -> None:
         )
     if cfg.feature_norm < 0:
         raise UserError(f"--feature-norm {cfg.feature_norm} must be >= 0; 0 means off")
+    if cfg.channels_last not in (True, False, "auto"):
+        raise UserError(
+            f"--channels-last {cfg.channels_last!r} is not valid; pass --channels-last, "
+            "--no-channels-last or leave it out (auto: on CUDA only)"
+        )
     if cfg.device not in ("", "cpu", "cuda"):
         raise UserError(f"--device {cfg.device!r} is not valid; use cpu or cuda")
     if cfg.fault_inject and not _parse_fault(cfg.fault_inject):
         raise UserError(f"--fault-inject {cfg.fault_inject!r} is not valid; use nan@STEP")
+
+
+def resolved_amp(cfg: PretrainConfig, device_type: str) -> str:
+    """The autocast the run uses on `device_type`: bf16, fp16 or none.
+
+    `auto` means bf16 on CUDA and none (float32) on the CPU; an explicit value is honoured on
+    every device (CPU autocast runs bf16 and fp16 too; fp16 adds a GradScaler).
+    """
+    if cfg.amp == "auto":
+        return "bf16" if device_type == "cuda" else "none"
+    return cfg.amp
+
+
+def resolved_channels_last(cfg: PretrainConfig, device_type: str) -> bool:
+    """Whether the run uses the channels_last memory format: `auto` means on CUDA only."""
+    if cfg.channels_last == "auto":
+        return device_type == "cuda"
+    return bool(cfg.channels_last)
 
 
 def _parse_fault(spec: str) -> int | None:
@@ -457,7 +493,7 @@ def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.
         kwargs: dict = {"default": default, "help": f.metadata.get("help", "")}
         if f.name in _CHOICES:
             kwargs["choices"] = _CHOICES[f.name]
-        if isinstance(default, bool):
+        if isinstance(default, bool) or f.metadata.get("auto_bool"):  # "auto" until given
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             parser.add_argument(flag, type=type(default), **kwargs)

