@@ -59,12 +59,30 @@ def pretrain(run_dir: Path, method: str, norm: str, seed: int, args) -> int:
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     print("+ " + " ".join(cmd[1:]), flush=True)
-    return subprocess.call(cmd, env=env, stdout=subprocess.DEVNULL)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "pretrain.log", "a") as log:  # the run's own messages
+        return subprocess.call(cmd, env=env, stdout=log, stderr=log)
 
 
 def probe(run_dir: Path) -> dict[str, float]:
-    """Fast linear probe top-1 and kNN top-1 of the run's encoder on the held-out digits."""
-    cfg, model, _ = load_model(resolve_checkpoint(run_dir))
+    """Fast linear probe top-1 and kNN top-1 of the run's encoder on the held-out digits.
+
+    Kept in RUN_DIR/probe.json next to the checkpoint it scored, and reused when the checkpoint
+    is unchanged (a rerun resumes the finished pretraining with 0 steps).
+    """
+    ckpt = resolve_checkpoint(run_dir)
+    cache = run_dir / "probe.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("checkpoint") == str(ckpt):
+            return {"top1": cached["top1"], "knn_top1": cached["knn_top1"]}
+    result = _probe_checkpoint(ckpt)
+    cache.write_text(json.dumps({**result, "checkpoint": str(ckpt)}) + "\n")
+    return result
+
+
+def _probe_checkpoint(ckpt: Path) -> dict[str, float]:
+    cfg, model, _ = load_model(ckpt)
     backbone = model.online.backbone
     tr = extract_features(backbone, eval_dataset(cfg, "train"))
     te = extract_features(backbone, eval_dataset(cfg, "test"))
@@ -172,19 +190,19 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     out = Path(args.output_dir)
     torch.set_num_threads(args.threads)
     t0, runs = time.perf_counter(), []
-    for method in args.methods:
-        for norm in args.norms:
-            for seed in args.seeds:
-                run_dir = out / f"{method}_{norm}_seed{seed}"
-                status = pretrain(run_dir, method, norm, seed, args)
-                row = {"method": method, "norm": norm, "seed": seed, "status": status}
-                if status == 0:
-                    row.update(probe(run_dir))
-                elif status != 3:
-                    raise UserError(f"pretraining {run_dir} failed with exit status {status}; "
-                                    "see its messages above")  # fmt: skip
-                print(json.dumps(row), flush=True)
-                runs.append(row)
+    grid = [(s, m, n) for s in args.seeds for m in args.methods for n in args.norms]
+    for seed, method, norm in grid:  # seeds outermost: an interrupted sweep has whole seeds
+        run_dir = out / f"{method}_{norm}_seed{seed}"
+        status = pretrain(run_dir, method, norm, seed, args)
+        row = {"method": method, "norm": norm, "seed": seed, "status": status}
+        if status == 0:
+            row.update(probe(run_dir))
+        elif status != 3:
+            raise UserError(
+                f"pretraining {run_dir} exited with {status}; see {run_dir}/pretrain.log"
+            )
+        print(json.dumps(row), flush=True)
+        runs.append(row)
     seconds = time.perf_counter() - t0
     rows = summarise(runs)
     table = format_table(rows)
