@@ -636,6 +636,11 @@ def validate(cfg: PretrainConfig) -> None:
             f"--subset {cfg.subset} selects ImageNet classes but no --data-dir is given; pass "
             "--data-dir /path/to/imagenet or drop --subset"
         )
+    if cfg.subset != "none" and cfg.loader == "dali":
+        raise UserError(
+            f"--subset {cfg.subset} is not applied by --loader dali (it reads every class "
+            "folder); use --loader torch, or a folder that holds only the subset"
+        )
     if cfg.device not in ("", "cpu", "cuda"):
         raise UserError(f"--device {cfg.device!r} is not valid; use cpu or cuda")
     if cfg.fault_inject and not _parse_fault(cfg.fault_inject):

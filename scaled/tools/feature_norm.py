@@ -26,7 +26,7 @@ import torch
 from scipy import stats
 
 from scaled.checkpoint import load_model
-from scaled.config import UserError
+from scaled.config import PRESETS, UserError
 from scaled.data import eval_dataset
 from scaled.linear_eval import evaluate_features, extract_features, resolve_checkpoint
 from scaled.tools.provenance import (
@@ -49,8 +49,25 @@ def norm_options(norm: str, mu: float) -> list[str]:
     return ["--feature-norm", str(mu), "--feature-norm-kind", norm]
 
 
+def finished(run_dir: Path, args) -> bool:
+    """Whether run_dir holds this sweep's final checkpoint and its probe (then nothing reruns)."""
+    total = args.epochs * (PRESETS["demo"]().n_train // args.batch_size)
+    ckpt = run_dir / f"ckpt_{total:08d}.pt"
+    cache = run_dir / "probe.json"
+    return (
+        ckpt.exists()
+        and cache.exists()
+        and json.loads(cache.read_text())["checkpoint"] == str(ckpt)
+    )
+
+
 def pretrain(run_dir: Path, method: str, norm: str, seed: int, args) -> int:
-    """One single-process demo-preset run; returns pretrain.py's exit status (3: non-finite)."""
+    """One single-process demo-preset run; returns pretrain.py's exit status (3: non-finite).
+
+    A finished run (`finished`) is not started again: 0.
+    """
+    if finished(run_dir, args):
+        return 0
     cmd = [
         sys.executable, str(PRETRAIN), "--preset", "demo", "--method", method,
         *norm_options(norm, args.mu), "--seed", str(seed), "--output-dir", str(run_dir),
@@ -102,8 +119,8 @@ def interval(values: list[float]) -> tuple[float, float]:
 def summarise(runs: list[dict]) -> list[dict]:
     """One row per (method, norm): mean +- 95% interval of probe and kNN over finished seeds."""
     rows = []
-    for method in METHODS:
-        for norm in NORMS:
+    for method in dict.fromkeys(r["method"] for r in runs):
+        for norm in dict.fromkeys(r["norm"] for r in runs):
             mine = [r for r in runs if r["method"] == method and r["norm"] == norm]
             done = [r for r in mine if r["status"] == 0]
             rows.append(
@@ -138,12 +155,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_docs_section(table: str, argv: list[str] | None, seconds: float) -> None:
-    """Replace the feature-norm section of docs/results.md with this run's table."""
+def write_docs_section(method: str, table: str, argv: list[str] | None, seconds: float) -> None:
+    """Replace the section feature-norm-METHOD of docs/results.md with this sweep's table."""
     args = " ".join(sys.argv[1:] if argv is None else argv)
     body = "\n".join(
         [
-            "### Feature map of the loss: clip vs sphere vs none (digits)",
+            f"#### {method}",
             "",
             f"Command: `python -m scaled.tools.feature_norm {args}`  ",
             f"Measured on: {provenance_line(environment('cpu'))}; {seconds:.0f} s in all.",
@@ -157,7 +174,7 @@ def write_docs_section(table: str, argv: list[str] | None, seconds: float) -> No
             "stopped on a non-finite loss (exit 3).",
         ]
     )
-    replace_section(docs_file(), "feature-norm", body)
+    replace_section(docs_file(), f"feature-norm-{method}", body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,14 +222,15 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         runs.append(row)
     seconds = time.perf_counter() - t0
     rows = summarise(runs)
-    table = format_table(rows)
-    print(table)
+    print(format_table(rows))
     out.mkdir(parents=True, exist_ok=True)
     (out / "feature_norm.json").write_text(
         json.dumps({"args": vars(args), "runs": runs, "rows": rows}, indent=2) + "\n"
     )
-    if args.write_docs:
-        write_docs_section(table, argv, seconds)
+    if args.write_docs:  # one section per method, so a method's sweep can be rerun alone
+        for method in args.methods:
+            table = format_table([r for r in rows if r["method"] == method])
+            write_docs_section(method, table, argv, seconds)
     return 0
 
 

@@ -72,3 +72,9 @@ def test_subset_without_data_dir_is_a_user_error(capsys):
     assert main(["--preset", "demo", "--subset", "imagenet100", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --subset imagenet100") and err.count("\n") == 1
+
+
+def test_subset_with_the_dali_loader_is_refused(tmp_path):
+    argv = ["--preset", "demo", "--data-dir", str(tmp_path), "--subset", "imagenet100"]
+    with pytest.raises(UserError, match="--loader torch"):
+        parse_config([*argv, "--loader", "dali"])

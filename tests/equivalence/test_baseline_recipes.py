@@ -99,3 +99,20 @@ def test_clipped_spectral_loss_matches_haochen_D(mu, scale):
     np.testing.assert_allclose(ours.item(), theirs.item(), **tol("float64"))
     for a, b in zip(_grads(ours, [z1, z2]), _grads(theirs, [z1, z2])):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **tol("float64"))
+
+
+def test_the_trainer_loss_of_haochens_preset_is_their_D():
+    """statistics_and_loss under imagenet_r50_spectral_haochen (clip, mu 10, loss / mu) = D."""
+    from types import SimpleNamespace
+
+    from scaled.config import PRESETS
+    from scaled.pretrain import statistics_and_loss
+
+    cfg = PRESETS["imagenet_r50_spectral_haochen"]()
+    z1, z2, _, _ = _pair(6, B=16, k=8, scale=2.0)
+    out = {"z1": z1, "z2": z2, "p1": z1, "p2": z2}
+    model = SimpleNamespace(Cbar=None)
+    ours = statistics_and_loss(cfg, model, out, None, first_step=True, distributed=False)
+    np.testing.assert_allclose(
+        ours.item(), haochen_D(z1, z2, cfg.feature_norm).item(), **tol("float64")
+    )
