@@ -122,6 +122,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in runs):
         for norm in dict.fromkeys(r["norm"] for r in runs):
             mine = [r for r in runs if r["method"] == method and r["norm"] == norm]
+            if not mine:
+                continue
             done = [r for r in mine if r["status"] == 0]
             rows.append(
                 {
@@ -141,7 +143,9 @@ def format_table(rows: list[dict]) -> str:
 
     def cell(m_h: tuple[float, float]) -> str:
         m, h = m_h
-        return "n/a" if math.isnan(m) else f"{m:5.1f} +- {h:4.1f}"
+        if math.isnan(m):
+            return "n/a"
+        return f"{m:5.1f} (one run)" if math.isnan(h) else f"{m:5.1f} +- {h:4.1f}"
 
     lines = [
         "| method | feature map | runs | non-finite | linear probe top-1 (%) | kNN top-1 (%) |",
@@ -191,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--output-dir", default="runs/feature_norm")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="start no run: tabulate the runs of this grid that finished (their 'runs' count)",
+    )
     parser.add_argument("--write-docs", action="store_true", help="into docs/results.md")
     args = parser.parse_args(argv)
     try:
@@ -210,6 +219,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     grid = [(s, m, n) for s in args.seeds for m in args.methods for n in args.norms]
     for seed, method, norm in grid:  # seeds outermost: an interrupted sweep has whole seeds
         run_dir = out / f"{method}_{norm}_seed{seed}"
+        if args.finished_only and not finished(run_dir, args):
+            continue  # a report of what a (stopped) sweep finished: start nothing
         status = pretrain(run_dir, method, norm, seed, args)
         row = {"method": method, "norm": norm, "seed": seed, "status": status}
         if status == 0:
