@@ -175,13 +175,6 @@ class PretrainConfig:
             "both views alike) | simclr (SimCLR's, both views alike)"
         },
     )
-    augment: str = field(
-        default="byol",
-        metadata={
-            "help": "view augmentations: byol (BYOL's asymmetric views) | simsiam (MoCo v2's, "
-            "both views alike) | simclr (SimCLR's, both views alike)"
-        },
-    )
     subset: str = field(
         default="none",
         metadata={
@@ -453,6 +446,7 @@ def _byol_100_epochs(predictor: str) -> PretrainConfig:
         epochs=100,
         batch_size=4096,
         augment="byol",
+        crop_scale_min=0.08,
         sync_bn=True,
     )
 

@@ -73,7 +73,7 @@ def test_simsiam_loss_matches_the_authors_lines(seed):
 
 def test_simsiam_loss_is_minus_one_for_aligned_pairs():
     p, _, _, _ = _pair(3)
-    assert float(simsiam_loss_batch(p, 2.5 * p)) == pytest.approx(-1.0, abs=1e-12)
+    assert simsiam_loss_batch(p, 2.5 * p).item() == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_clip_leaves_short_rows_unchanged_and_puts_long_rows_on_the_sphere():
