@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -47,6 +48,7 @@ METHOD_TABLE: dict[str, MethodTraits] = {
     "alpha": MethodTraits(False, False, False, False, True, "none"),
     "simclr": MethodTraits(False, False, False, False, False, "none"),
     "byol": MethodTraits(True, True, False, False, False, "mlp"),
+    "simsiam": MethodTraits(True, False, False, False, False, "mlp"),
     # fmt: on
 }
 METHODS = tuple(METHOD_TABLE)
@@ -59,6 +61,9 @@ ALPHA_ESTIMATORS = ("pairwise", "moment")
 EVAL_MODES = ("fast", "full")
 LOADERS = ("auto", "torch", "device", "dali")
 AUGMENTS = ("byol", "simsiam", "simclr")
+FEATURE_NORM_KINDS = ("sphere", "clip")
+PROJECTORS = ("byol", "simclr", "simsiam", "haochen")
+SUBSETS = ("none", "imagenet100")
 
 
 class UserError(Exception):
@@ -76,7 +81,8 @@ class PretrainConfig:
         default="minc",
         metadata={
             "help": "loss: minc (GHA + target, Eq. 20), noncontrastive (minc without GHA, Eq. 9), "
-            "spectral (pairwise, Eq. 19), alpha (Eq. 21), simclr, byol"
+            "spectral (pairwise, Eq. 19), alpha (Eq. 21), simclr, byol, simsiam (Chen & He 2021: "
+            "phibar = sg(z) of the same network, no EMA target)"
         },
     )
     arch: str = field(
@@ -89,6 +95,10 @@ class PretrainConfig:
     width: int = field(default=64, metadata={"help": "first-stage channels of small_resnet"})
     small_blocks: int = field(default=2, metadata={"help": "residual blocks per stage (small)"})
     stem_stride: int = field(default=1, metadata={"help": "stride of small_resnet's 3x3 stem"})
+    zero_init_residual: bool = field(
+        default=False,
+        metadata={"help": "zero-init the last BN of each residual block (SimSiam, HaoChen)"},
+    )
     data_dir: str = field(
         default="",
         metadata={
@@ -107,7 +117,18 @@ class PretrainConfig:
     accum_steps: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     lr: float = field(default=0.2, metadata={"help": "base lr; lr = base * global_batch / 256"})
     optimizer: str = field(default="lars", metadata={"help": "lars | sgd | adamw"})
-    weight_decay: float = field(default=1.5e-6, metadata={"help": "weight decay (not on 1-d)"})
+    weight_decay: float = field(default=1.5e-6, metadata={"help": "weight decay"})
+    exclude_bias_bn: bool = field(
+        default=True,
+        metadata={
+            "help": "biases and BN parameters get neither weight decay nor LARS adaptation "
+            "(BYOL, SimCLR); off: weight decay on every parameter (SimSiam, HaoChen et al.)"
+        },
+    )
+    fix_pred_lr: bool = field(
+        default=False,
+        metadata={"help": "predictor lr constant at the peak lr, never decayed (SimSiam)"},
+    )
     momentum: float = field(default=0.9, metadata={"help": "momentum (lars, sgd)"})
     warmup_epochs: float = field(default=10.0, metadata={"help": "linear warm-up, then cosine"})
     tau_base: float = field(
@@ -121,8 +142,16 @@ class PretrainConfig:
     feature_norm: float = field(
         default=0.0,
         metadata={
-            "help": "mu > 0: features enter the minc/noncontrastive/spectral/alpha losses as "
-            "sqrt(mu) z/|z| (Eq. 23, choice C12); 0: raw projector outputs (exact Eq. 19-21)"
+            "help": "mu > 0: features enter the minc/noncontrastive/spectral/alpha losses through "
+            "--feature-norm-kind with radius sqrt(mu) (Eq. 23, 24, choice C12); 0: raw "
+            "projector outputs (exact Eq. 19-21)"
+        },
+    )
+    feature_norm_kind: str = field(
+        default="sphere",
+        metadata={
+            "help": "sphere: sqrt(mu) z/|z| (Eq. 23) | clip: z min(1, sqrt(mu)/|z|) and the loss "
+            "divided by mu (Eq. 24, HaoChen et al.'s models/spectral.py)"
         },
     )
     cbar_source: str = field(
@@ -146,9 +175,24 @@ class PretrainConfig:
             "both views alike) | simclr (SimCLR's, both views alike)"
         },
     )
+    subset: str = field(
+        default="none",
+        metadata={
+            "help": "none | imagenet100: only the 100 classes of CMC's / solo-learn's list "
+            "(scaled/imagenet100.txt) from the ImageFolder, for pretraining and linear eval"
+        },
+    )
     predictor: str = field(
         default="auto",
-        metadata={"help": "auto (byol: mlp, others: none; C3) | none | linear | mlp"},
+        metadata={"help": "auto (byol, simsiam: mlp, others: none; C3) | none | linear | mlp"},
+    )
+    projector: str = field(
+        default="byol",
+        metadata={
+            "help": "byol (Linear-BN-ReLU-Linear) | simclr (v1: + BN without shift on the "
+            "output) | simsiam (3 layers, last BN not affine) | haochen (3 layers, last layer "
+            "BN and no ReLU)"
+        },
     )
     proj_hidden: int = field(default=4096, metadata={"help": "projector hidden width"})
     proj_out: int = field(default=256, metadata={"help": "projector output k"})
@@ -226,9 +270,10 @@ def imagenet_r50_minc() -> PretrainConfig:
     --data-dir /path/to/imagenet`` (then ``scaled/linear_eval.py --checkpoint RUN_DIR
     --data-dir /path/to/imagenet``).
     Hardware: 8 GPUs with >= 40 GB each (e.g. A100/H100), bf16.
-    Expected result: not run here; public reference points (ResNet-50, 100 epochs, linear top-1):
-    SimCLR ~66.5, BYOL ~66.5-68.4, SimSiam 68.1, MoCo v3 68.9. The paper reports that MINC beats
-    the spectral contrastive baseline and SimCLR and is competitive with Linear BYOL.
+    Expected result: not run here; published 100-epoch ResNet-50 linear top-1 in the baselines'
+    repositories: SimSiam 68.1, SimCLR ~64.5 (BYOL: none at 100 epochs; see the baseline
+    presets). The paper reports that MINC beats the spectral contrastive baseline and SimCLR and
+    is competitive with Linear BYOL.
     """
     return PretrainConfig(method="minc", arch="resnet50", sync_bn=True, feature_norm=1.0)
 
@@ -246,8 +291,12 @@ def imagenet_r50x2_minc() -> PretrainConfig:
 
 
 def imagenet_r50_spectral() -> PretrainConfig:
-    """Spectral contrastive baseline (HaoChen et al. 2021), ResNet-50, ImageNet, 100 epochs.
+    """Spectral contrastive loss on MINC's recipe (the apples-to-apples row), ResNet-50, 100 epochs.
 
+    Same backbone, projector, optimiser, schedule and feature map as `imagenet_r50_minc`; only
+    the loss differs (Eq. 19 instead of Eq. 20). It answers "is MINC's loss better than the
+    spectral loss, all else equal?". HaoChen et al.'s own recipe is
+    `imagenet_r50_spectral_haochen`.
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_spectral
     --data-dir /path/to/imagenet``.
     Hardware: 8 GPUs with >= 40 GB each.
@@ -256,40 +305,185 @@ def imagenet_r50_spectral() -> PretrainConfig:
     return PretrainConfig(method="spectral", arch="resnet50", sync_bn=True, feature_norm=1.0)
 
 
-def imagenet_r50_simclr() -> PretrainConfig:
-    """SimCLR, ResNet-50, ImageNet, 100 epochs, LARS, temperature 0.1.
+def imagenet_r50_spectral_haochen() -> PretrainConfig:
+    """Spectral contrastive loss as HaoChen et al. (2021) ran it on ImageNet, ResNet-50.
 
+    Source: jhaochenz96/spectral_contrastive_learning (commit ee431bd),
+    configs/spectral_resnet_mlp8192_norelu_3layer_imagenet_lr005_mu10_bs384_100eps.yaml (mu 10,
+    SGD lr 0.05 x B/256, momentum 0.9, wd 1e-4 on every parameter, no warm-up, cosine to 0 over
+    101 epochs, batch 384), models/spectral.py ``D`` (features clipped to the ball of radius
+    sqrt(mu), loss divided by mu: ``--feature-norm-kind clip --feature-norm 10``),
+    models/backbones/resnet_mlp_norelu_3layer.py (zero-init residuals; projector
+    2048 -> 8192 -> 8192 -> 8192, BN on every layer, no ReLU on the last),
+    augmentations/simsiam_aug.py (SimSiam's views, crop scale 0.2-1).
+    Differences that remain: their loss runs under ``nn.DataParallel`` on each GPU's chunk of
+    the batch (number of GPUs UNCONFIRMED: not in the repository) with per-GPU BN; ours is over
+    the global batch (all-gathered, Eq. 22) with per-rank BN. Their linear-eval command for
+    ImageNet is UNCONFIRMED (eval/eval_run.py defaults: SGD lr 30, 100 epochs, steps 60/80).
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset
+    imagenet_r50_spectral_haochen --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with >= 40 GB each (48 images per GPU).
+    Expected result: not run here; published 100-epoch number: none in the authors' repository
+    (the paper's ImageNet table, arXiv 2106.04156, is quoted from memory as ~67 and is
+    UNCONFIRMED).
+    """
+    return PretrainConfig(
+        method="spectral",
+        arch="resnet50",
+        zero_init_residual=True,
+        projector="haochen",
+        proj_hidden=8192,
+        proj_out=8192,
+        feature_norm=10.0,
+        feature_norm_kind="clip",
+        optimizer="sgd",
+        lr=0.05,
+        weight_decay=1e-4,
+        momentum=0.9,
+        exclude_bias_bn=False,
+        warmup_epochs=0.0,
+        epochs=101,
+        batch_size=384,
+        augment="simsiam",
+        crop_scale_min=0.2,
+        sync_bn=False,
+    )
+
+
+def imagenet_r50_simsiam() -> PretrainConfig:
+    """SimSiam (Chen & He 2021), ResNet-50, ImageNet, 100 epochs, batch 512, SGD.
+
+    Source: facebookresearch/simsiam (commit a7bc177): simsiam/builder.py (zero-init residuals;
+    projector 2048 -> 2048 -> 2048 -> 2048, the last BN not affine; predictor
+    2048 -> 512 -> 2048 with BN and ReLU on the hidden layer), main_simsiam.py (symmetric
+    negative cosine with stop-gradient; SGD lr 0.05 x B/256, momentum 0.9, wd 1e-4 on every
+    parameter, batch 512, 100 epochs, cosine, no warm-up, SyncBN; ``--fix-pred-lr`` of the README
+    command: the predictor's lr stays at the peak), MoCo v2's views (``augment="simsiam"``,
+    crop scale 0.2-1, both views alike).
+    Differences that remain: their cosine steps once per epoch, ours per step; the first
+    predictor Linear has a bias here (removed by the BN that follows; theirs has none).
+    Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_simsiam
+    --data-dir /path/to/imagenet``.
+    Hardware: 8 GPUs with >= 16 GB each (64 images per GPU).
+    Expected result: not run here; published (README "Models and Logs"): 68.1% linear top-1 at
+    100 epochs, batch 512 (their linear eval: LARS, lr 0.1 x B/256, batch 4096, 90 epochs).
+    """
+    return PretrainConfig(
+        method="simsiam",
+        arch="resnet50",
+        zero_init_residual=True,
+        projector="simsiam",
+        proj_hidden=2048,
+        proj_out=2048,
+        predictor="mlp",
+        pred_hidden=512,
+        fix_pred_lr=True,
+        optimizer="sgd",
+        lr=0.05,
+        weight_decay=1e-4,
+        momentum=0.9,
+        exclude_bias_bn=False,
+        warmup_epochs=0.0,
+        epochs=100,
+        batch_size=512,
+        augment="simsiam",
+        crop_scale_min=0.2,
+        sync_bn=True,
+    )
+
+
+def imagenet_r50_simclr() -> PretrainConfig:
+    """SimCLR (v1), ResNet-50, ImageNet, 100 epochs, batch 4096, LARS, temperature 0.1.
+
+    Source: google-research/simclr README at commit 85e8552 (the last SimCLR v1 README), L61-63:
+    ``--train_batch_size=4096 --train_epochs=100 --learning_rate=0.3 --weight_decay=1e-6
+    --temperature=0.1`` (linear lr scaling: 0.3 x 4096/256 = 4.8, the same peak as today's
+    README's 0.075 x sqrt(4096)); run.py: 10 warm-up epochs, LARS (eta 1e-3, momentum 0.9) with
+    biases and BN excluded from weight decay and adaptation, global BN; model_util.py (v1):
+    2-layer head 2048 -> 2048 -> 128, BN on both layers (the output BN without shift);
+    data_util.py: SimCLR's views (``augment="simclr"``, crop scale 0.08-1).
+    Differences that remain: SimCLR's loss is the SUM of the two directions, ours their mean
+    (a factor 2 on the gradient, equivalent under LARS to halving the weight decay of 1e-6).
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_simclr
     --data-dir /path/to/imagenet``.
     Hardware: 8 GPUs with >= 40 GB each.
-    Expected result: not run here; public reference point ~66.5 top-1 at 100 epochs
-    (~70.4 at 800-1000 epochs).
+    Expected result: not run here; published: "around 64.5% accuracy" (the README's sentence
+    after the 100-epoch command; its linear eval: 90 epochs, Nesterov momentum, lr 0.1 x B/256).
     """
-    return PretrainConfig(method="simclr", arch="resnet50", lr=0.3, sync_bn=True)
+    return PretrainConfig(
+        method="simclr",
+        arch="resnet50",
+        projector="simclr",
+        proj_hidden=2048,
+        proj_out=128,
+        temperature=0.1,
+        optimizer="lars",
+        lr=0.3,
+        weight_decay=1e-6,
+        warmup_epochs=10.0,
+        epochs=100,
+        batch_size=4096,
+        augment="simclr",
+        crop_scale_min=0.08,
+        sync_bn=True,
+    )
+
+
+def _byol_100_epochs(predictor: str) -> PretrainConfig:
+    """BYOL's 100-epoch settings (deepmind-research byol/configs/byol.py) with `predictor`."""
+    return PretrainConfig(
+        method="byol",
+        arch="resnet50",
+        predictor=predictor,
+        proj_hidden=4096,
+        proj_out=256,
+        pred_hidden=4096,
+        optimizer="lars",
+        lr=0.45,
+        weight_decay=1e-6,
+        tau_base=0.99,
+        warmup_epochs=10.0,
+        epochs=100,
+        batch_size=4096,
+        augment="byol",
+        crop_scale_min=0.08,
+        sync_bn=True,
+    )
 
 
 def imagenet_r50_byol() -> PretrainConfig:
-    """BYOL (MLP predictor), ResNet-50, ImageNet, 100 epochs.
+    """BYOL (MLP predictor), ResNet-50, ImageNet, 100 epochs, batch 4096, LARS.
 
+    Source: deepmind/deepmind-research (commit d8df415) byol/configs/byol.py, the 100-epoch row
+    of _LR_PRESETS / _WD_PRESETS / _EMA_PRESETS: base lr 0.45 (x B/256 = 7.2), weight decay
+    1e-6, base target EMA 0.99 (0.2 / 1.5e-6 / 0.996 are its 1000-epoch values); 10 warm-up
+    epochs, LARS eta 1e-3, momentum 0.9, biases and BN excluded from weight decay and
+    adaptation (byol_experiment.py, utils/optimizers.py); projector 2048 -> 4096 -> 256,
+    predictor 256 -> 4096 -> 256 (utils/networks.py); global BN; BYOL's asymmetric views.
+    Differences that remain: the output Linear of their MLPs has no bias, ours has one.
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_byol
     --data-dir /path/to/imagenet``.
     Hardware: 8 GPUs with >= 40 GB each.
-    Expected result: not run here; public reference points 66.5-68.4 top-1 at 100 epochs
-    (74.3 at 1000 epochs).
+    Expected result: not run here; published 100-epoch number: none in the authors' repository
+    (its README: 74.0-74.5% at 1000 epochs; the often quoted 66.5% at 100 epochs is the SimSiam
+    paper's reproduction, Table 4, UNCONFIRMED here).
     """
-    return PretrainConfig(method="byol", arch="resnet50", predictor="mlp", sync_bn=True)
+    return _byol_100_epochs("mlp")
 
 
 def imagenet_r50_linear_byol() -> PretrainConfig:
     """Linear BYOL (BYOL with a linear predictor), ResNet-50, ImageNet, 100 epochs.
 
+    Source: BYOL's 100-epoch settings, exactly as `imagenet_r50_byol` (deepmind/deepmind-research
+    byol/configs/byol.py: lr 0.45, wd 1e-6, tau 0.99), with the predictor one Linear layer
+    256 -> 256 (the Linear-BYOL variant the paper compares with).
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_linear_byol
     --data-dir /path/to/imagenet``.
     Hardware: 8 GPUs with >= 40 GB each.
-    Expected result: not run here; the paper reports MINC competitive with it. No public number
-    is quoted in docs/method.md.
+    Expected result: not run here; published 100-epoch number: none in the authors' repository;
+    the paper reports MINC competitive with it.
     """
-    return PretrainConfig(method="byol", arch="resnet50", predictor="linear", sync_bn=True)
+    return _byol_100_epochs("linear")
 
 
 def demo() -> PretrainConfig:
@@ -356,6 +550,8 @@ PRESETS: dict[str, Callable[[], PretrainConfig]] = {
         imagenet_r50_minc,
         imagenet_r50x2_minc,
         imagenet_r50_spectral,
+        imagenet_r50_spectral_haochen,
+        imagenet_r50_simsiam,
         imagenet_r50_simclr,
         imagenet_r50_byol,
         imagenet_r50_linear_byol,
@@ -374,6 +570,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "eval_mode": EVAL_MODES,
     "loader": LOADERS,
     "augment": AUGMENTS,
+    "feature_norm_kind": FEATURE_NORM_KINDS,
+    "projector": PROJECTORS,
+    "subset": SUBSETS,
 }
 
 
@@ -425,6 +624,16 @@ def validate(cfg: PretrainConfig) -> None:
         raise UserError(
             f"--channels-last {cfg.channels_last!r} is not valid; pass --channels-last, "
             "--no-channels-last or leave it out (auto: on CUDA only)"
+        )
+    if cfg.subset != "none" and not cfg.data_dir:
+        raise UserError(
+            f"--subset {cfg.subset} selects ImageNet classes but no --data-dir is given; pass "
+            "--data-dir /path/to/imagenet or drop --subset"
+        )
+    if cfg.subset != "none" and cfg.loader == "dali":
+        raise UserError(
+            f"--subset {cfg.subset} is not applied by --loader dali (it reads every class "
+            "folder); use --loader torch, or a folder that holds only the subset"
         )
     if cfg.device not in ("", "cpu", "cuda"):
         raise UserError(f"--device {cfg.device!r} is not valid; use cpu or cuda")
@@ -487,6 +696,11 @@ def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="imagenet_r50_minc", help="named defaults")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (preset + overrides) as JSON and exit 0",
+    )
     for f in fields(PretrainConfig):
         default = getattr(defaults, f.name)
         flag = f"--{_flag(f.name)}"
@@ -518,6 +732,19 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
     cfg = replace(defaults, **values)
     validate(cfg)
     return cfg
+
+
+def print_config_requested(argv: Sequence[str] | None = None) -> bool:
+    """Whether the command line asks for `--print-config` (pretrain.py prints and exits 0)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--print-config", action="store_true")
+    return pre.parse_known_args(argv)[0].print_config
+
+
+def config_json(cfg: PretrainConfig) -> str:
+    """The config as indented JSON (what `--print-config` prints)."""
+    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=False)
 
 
 def config_to_dict(cfg: PretrainConfig) -> dict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +61,13 @@ def embedded_digits(split: str, n_train: int = 4000) -> tuple[torch.Tensor, torc
     return images, torch.from_numpy(y[idx].astype(np.int64))
 
 
-def scan_image_folder(root: str | os.PathLike, split: str) -> tuple[list[tuple[str, int]], list]:
-    """`(path, class_index)` of `root/split/<class>/*`; one-line UserErrors on bad input."""
+def scan_image_folder(
+    root: str | os.PathLike, split: str, only: Sequence[str] | None = None
+) -> tuple[list[tuple[str, int]], list]:
+    """`(path, class_index)` of `root/split/<class>/*`; one-line UserErrors on bad input.
+
+    `only`: keep just these class folders (`--subset`); a missing one is a UserError naming it.
+    """
     root = Path(root)
     fix = f"pass --data-dir ROOT with images in ROOT/{split}/<class>/*.JPEG"
     if not root.is_dir():
@@ -73,6 +78,8 @@ def scan_image_folder(root: str | os.PathLike, split: str) -> tuple[list[tuple[s
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     if not classes:
         raise UserError(f"{folder} has no class folders; {fix}")
+    if only is not None:
+        classes = _subset_of(classes, only, folder)
     samples = []
     for ci, name in enumerate(classes):
         files = sorted(
@@ -86,6 +93,32 @@ def scan_image_folder(root: str | os.PathLike, split: str) -> tuple[list[tuple[s
             )
         samples += [(f, ci) for f in files]
     return samples, classes
+
+
+SUBSET_FILES = {"imagenet100": Path(__file__).resolve().parent / "imagenet100.txt"}
+
+
+def subset_classes(subset: str) -> list[str] | None:
+    """The class folders `--subset NAME` keeps (sorted), or None for `none` (every class).
+
+    imagenet100: scaled/imagenet100.txt, CMC's / solo-learn's list (its header names the source).
+    """
+    if subset == "none":
+        return None
+    lines = SUBSET_FILES[subset].read_text().splitlines()
+    return sorted(x.strip() for x in lines if x.strip() and not x.startswith("#"))
+
+
+def _subset_of(classes: list[str], only: Sequence[str], folder: Path) -> list[str]:
+    """`only` (sorted) if every one of them is a class folder of `folder`, else a UserError."""
+    present = set(classes)
+    missing = sorted(c for c in set(only) if c not in present)
+    if missing:
+        raise UserError(
+            f"{folder} lacks {len(missing)} of the {len(set(only))} --subset classes: "
+            f"{' '.join(missing)}; use a full ImageNet folder or drop --subset"
+        )
+    return sorted(set(only))
 
 
 class ImageFiles(Dataset):
@@ -360,7 +393,7 @@ def pretrain_dataset(
     """
     scale = crop_scale_min(cfg)
     if cfg.data_dir:
-        samples, classes = scan_image_folder(cfg.data_dir, split)
+        samples, classes = scan_image_folder(cfg.data_dir, split, subset_classes(cfg.subset))
         stage = TwoStageView if two_stage else view_transform
         views = tuple(stage(r, cfg.image_size, scale) for r in RECIPES[cfg.augment])
         return ViewsDataset(ImageFiles(samples), views, cfg.seed), 3, len(classes)
@@ -412,7 +445,7 @@ def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> 
     is that list. The embedded digits have the classes "0".."9".
     """
     if cfg.data_dir:
-        samples, classes = scan_image_folder(cfg.data_dir, split)
+        samples, classes = scan_image_folder(cfg.data_dir, split, subset_classes(cfg.subset))
         if train_classes is not None:
             remap = class_index_map(list(train_classes), classes, split)
             samples = [(path, remap[label]) for path, label in samples]

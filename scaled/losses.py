@@ -38,6 +38,8 @@ __all__ = [
     "alpha_mi_bound",
     "byol_loss_batch",
     "chi2_mi_bound",
+    "clipped_features",
+    "loss_features",
     "lower_triangular",
     "minc_loss",
     "minc_loss_batch",
@@ -45,6 +47,7 @@ __all__ = [
     "second_moment",
     "second_moment_batch",
     "simclr_loss_batch",
+    "simsiam_loss_batch",
     "spectral_loss",
     "spectral_loss_batch",
 ]
@@ -388,14 +391,61 @@ def byol_loss_batch(p1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return torch.mean(2.0 - 2.0 * cos)
 
 
+def simsiam_loss_batch(p1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """SimSiam's loss of one pair: ``-mean_b cos(p1_b, sg(z2_b))`` (Chen & He 2021, Eq. 1).
+
+    `p1` is the prediction of view 1, `z2` the projection of view 2 of the SAME network;
+    `z2` is detached **here** (the stop-gradient). The step symmetrises,
+    ``0.5 (D(p1, z2) + D(p2, z1))``, as facebookresearch/simsiam main_simsiam.py does:
+    ``loss = -(criterion(p1, z2).mean() + criterion(p2, z1).mean()) * 0.5`` with
+    ``criterion = nn.CosineSimilarity(dim=1)`` (eps 1e-8 on the norms; ours normalises with
+    `F.normalize`, eps 1e-12, equal for rows that are not ~0). Minimum -1.
+    """
+    _check_pair(p1, z2, "p1, z2")
+    with _no_autocast(p1):
+        p1, z2 = _wide(p1, z2)
+        cos = torch.sum(nnf.normalize(p1, dim=1) * nnf.normalize(z2.detach(), dim=1), dim=1)
+        return -torch.mean(cos)
+
+
+FEATURE_MAPS = ("sphere", "clip")
+
+
 def normalized_features(z: torch.Tensor, mu: float) -> torch.Tensor:
     """Row-wise ``sqrt(mu) z / |z|`` (Eq. 23, choice C12): features on a sphere of radius sqrt(mu).
 
     On a network the output scale is a free direction of Eq. 19-21 that gradient steps can
     overshoot (the restoring term is cubic in the scale); on the digits raw projector outputs
-    diverged or collapsed. HaoChen et al. (2021) train the spectral loss on normalised features
-    for this reason. With ``mu`` the trace of ``C`` is exactly ``mu``. Computed in float32
+    diverged or collapsed. With ``mu`` the trace of ``C`` is exactly ``mu``. (HaoChen et al.
+    2021 do NOT do this: their code clips, see `clipped_features`.) Computed in float32
     (float64 stays float64).
     """
     dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
     return nnf.normalize(z.to(dtype), dim=1) * math.sqrt(mu)
+
+
+def clipped_features(z: torch.Tensor, mu: float) -> torch.Tensor:
+    """Row-wise ``z min(1, sqrt(mu) / |z|)`` (Eq. 24): features clipped to the sqrt(mu)-ball.
+
+    HaoChen et al. (2021), jhaochenz96/spectral_contrastive_learning models/spectral.py ``D``:
+    a row shorter than sqrt(mu) is left unchanged, a longer one becomes ``sqrt(mu) z / |z|``;
+    the gradient flows through both branches (no stop-gradient). Their loss is then divided by
+    mu (the trainer does that, `loss_features` returns the scale). Computed in float32
+    (float64 stays float64).
+    """
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    z = z.to(dtype)
+    short = (torch.linalg.vector_norm(z, dim=1, keepdim=True) < math.sqrt(mu)).to(dtype)
+    return short * z + (1.0 - short) * nnf.normalize(z, dim=1) * math.sqrt(mu)
+
+
+def loss_features(z: torch.Tensor, kind: str, mu: float) -> torch.Tensor:
+    """The features a loss sees under ``--feature-norm-kind KIND --feature-norm MU`` (Eq. 23, 24).
+
+    ``sphere``: `normalized_features`; ``clip``: `clipped_features`.
+    """
+    if kind == "sphere":
+        return normalized_features(z, mu)
+    if kind == "clip":
+        return clipped_features(z, mu)
+    raise ValueError(f"unknown feature map {kind!r}; use one of {', '.join(FEATURE_MAPS)}")

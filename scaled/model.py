@@ -34,6 +34,8 @@ class ResNetBackbone(torchvision.models.ResNet):
         3x3 stem (stride `stem_stride`) and no max-pool, for 28-32 px inputs.
     in_channels
         1 for grey digits, 3 for colour images.
+    zero_init_residual
+        torchvision's option: the last BN of each block starts at zero (SimSiam, HaoChen et al.).
     """
 
     def __init__(
@@ -45,9 +47,10 @@ class ResNetBackbone(torchvision.models.ResNet):
         small_stem: bool = False,
         stem_stride: int = 1,
         in_channels: int = 3,
+        zero_init_residual: bool = False,
     ) -> None:
         object.__setattr__(self, "_width_mult", width_mult)
-        super().__init__(block, layers)
+        super().__init__(block, layers, zero_init_residual=zero_init_residual)
         stem = int(64 * width_mult)
         if width_mult != 1.0 or small_stem or in_channels != 3:
             k, s, p = (3, stem_stride, 1) if small_stem else (7, 2, 3)
@@ -67,12 +70,13 @@ class ResNetBackbone(torchvision.models.ResNet):
 
 def build_backbone(cfg: PretrainConfig, in_channels: int = 3) -> ResNetBackbone:
     """The backbone named by `cfg.arch` (random init; `num_features` gives its output width)."""
+    common = {"in_channels": in_channels, "zero_init_residual": cfg.zero_init_residual}
     if cfg.arch == "resnet50":
-        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], in_channels=in_channels)
+        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], **common)
     if cfg.arch == "resnet50x2":
-        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], width_mult=2.0, in_channels=in_channels)
+        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], width_mult=2.0, **common)
     if cfg.arch == "resnet18":
-        return ResNetBackbone(BasicBlock, [2, 2, 2, 2], in_channels=in_channels)
+        return ResNetBackbone(BasicBlock, [2, 2, 2, 2], **common)
     if cfg.arch == "small_resnet":
         return ResNetBackbone(
             BasicBlock,
@@ -80,7 +84,7 @@ def build_backbone(cfg: PretrainConfig, in_channels: int = 3) -> ResNetBackbone:
             width_mult=cfg.width / 64,
             small_stem=True,
             stem_stride=cfg.stem_stride,
-            in_channels=in_channels,
+            **common,
         )
     raise ValueError(f"unknown arch {cfg.arch!r}; use one of resnet50, resnet50x2, resnet18")
 
@@ -93,6 +97,45 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.Linear(hidden, out_dim),
     )
+
+
+def _linear_bn_relu(in_dim: int, out_dim: int) -> list[nn.Module]:
+    return [nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True)]
+
+
+def build_projector(kind: str, in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """The projector named by `--projector` (each as its authors' code builds it).
+
+    byol     `mlp`: Linear -> BN -> ReLU -> Linear (BYOL, byol/utils/networks.py; our default).
+    simclr   Linear -> BN -> ReLU -> Linear(no bias) -> BN with its shift fixed at 0 (SimCLR v1,
+             google-research/simclr model_util.py ``linear_layer(use_bias=False, use_bn=True)``).
+    simsiam  (Linear(no bias) -> BN -> ReLU) x 2 -> Linear -> BN(affine=False)
+             (facebookresearch/simsiam simsiam/builder.py L27-36; their output Linear's bias is
+             frozen, ours is absent: the BN that follows removes it either way).
+    haochen  (Linear -> BN -> ReLU) x 2 -> Linear -> BN, no ReLU on the last layer
+             (jhaochenz96/spectral_contrastive_learning resnet_mlp_norelu_3layer.py L142-156;
+             their hidden Linears' biases are absorbed by the BN, so ours have none).
+    """
+    if kind == "byol":
+        return mlp(in_dim, hidden, out_dim)
+    if kind == "simclr":
+        head = nn.Sequential(
+            *_linear_bn_relu(in_dim, hidden), nn.Linear(hidden, out_dim, bias=False),
+            nn.BatchNorm1d(out_dim),
+        )  # fmt: skip
+        head[-1].bias.requires_grad_(False)  # BN scale only (TF center=False)
+        return head
+    if kind == "simsiam":
+        return nn.Sequential(
+            *_linear_bn_relu(in_dim, hidden), *_linear_bn_relu(hidden, hidden),
+            nn.Linear(hidden, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False),
+        )  # fmt: skip
+    if kind == "haochen":
+        return nn.Sequential(
+            *_linear_bn_relu(in_dim, hidden), *_linear_bn_relu(hidden, hidden),
+            nn.Linear(hidden, out_dim), nn.BatchNorm1d(out_dim),
+        )  # fmt: skip
+    raise ValueError(f"unknown projector {kind!r}; use byol, simclr, simsiam or haochen")
 
 
 def build_predictor(kind: str, dim: int, hidden: int) -> nn.Module:
@@ -116,7 +159,9 @@ class OnlineNetwork(nn.Module):
     def __init__(self, cfg: PretrainConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.backbone = build_backbone(cfg, in_channels)
-        self.projector = mlp(self.backbone.num_features, cfg.proj_hidden, cfg.proj_out)
+        self.projector = build_projector(
+            cfg.projector, self.backbone.num_features, cfg.proj_hidden, cfg.proj_out
+        )
         self.predictor = build_predictor(resolved_predictor(cfg), cfg.proj_out, cfg.pred_hidden)
         self.probe = nn.Linear(self.backbone.num_features, num_classes) if num_classes else None
 

@@ -1,7 +1,11 @@
 """Optimisers and schedules: LARS, linear warm-up + cosine, parameter groups (C10).
 
 The learning rate is `base_lr * global_batch / 256` (Goyal et al.; BYOL/SimCLR). Biases and
-normalisation parameters (every 1-d tensor) get neither weight decay nor LARS adaptation.
+normalisation parameters (every 1-d tensor) get neither weight decay nor LARS adaptation, as in
+BYOL (byol/utils/optimizers.py ``exclude_bias_and_norm``) and SimCLR (lars_optimizer.py
+``exclude_from_weight_decay=['batch_normalization', 'bias']``); `--no-exclude-bias-bn` puts
+weight decay on every parameter, as SimSiam's and HaoChen et al.'s ``torch.optim.SGD`` do.
+`--fix-pred-lr` keeps the predictor at the peak lr (SimSiam's ``--fix-pred-lr``).
 The online probe has its own group (its own lr, no weight decay, no adaptation), as in solo-learn.
 """
 
@@ -66,24 +70,47 @@ class LARS(torch.optim.Optimizer):
 
 
 def parameter_groups(online: nn.Module, cfg: PretrainConfig, lr: float) -> list[dict]:
-    """Three groups: weights (decay, LARS), 1-d params (no decay, no LARS), probe (own lr)."""
+    """Weights (decay, LARS), 1-d params (no decay, no LARS), predictor, probe (own lr).
+
+    `--no-exclude-bias-bn`: the 1-d params join the weights' group. `--fix-pred-lr`: the
+    predictor's parameters get their own groups marked ``fixed_lr`` (`build_scheduler` leaves
+    them at the peak lr). Parameters with ``requires_grad=False`` are left out.
+    """
     probe = getattr(online, "probe", None)
     probe_ids = {id(p) for p in probe.parameters()} if probe is not None else set()
-    decay, no_decay, probe_params = [], [], []
+    predictor = getattr(online, "predictor", None)
+    pred_ids = set()
+    if cfg.fix_pred_lr and predictor is not None:
+        pred_ids = {id(p) for p in predictor.parameters()}
+    buckets: dict[tuple[bool, bool], list] = {}
+    probe_params = []
     for p in online.parameters():
+        if not p.requires_grad:
+            continue
         if id(p) in probe_ids:
             probe_params.append(p)
-        elif p.ndim <= 1:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+            continue
+        excluded = p.ndim <= 1 and cfg.exclude_bias_bn
+        buckets.setdefault((excluded, id(p) in pred_ids), []).append(p)
     groups = [
-        {"params": decay, "lr": lr, "weight_decay": cfg.weight_decay, "lars_exclude": False},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "lars_exclude": True},
+        {
+            "params": params,
+            "lr": lr,
+            "weight_decay": 0.0 if excluded else cfg.weight_decay,
+            "lars_exclude": excluded,
+            "fixed_lr": fixed,
+        }
+        for (excluded, fixed), params in sorted(buckets.items())
     ]
     if probe_params:
         groups.append(
-            {"params": probe_params, "lr": cfg.probe_lr, "weight_decay": 0.0, "lars_exclude": True}
+            {
+                "params": probe_params,
+                "lr": cfg.probe_lr,
+                "weight_decay": 0.0,
+                "lars_exclude": True,
+                "fixed_lr": False,
+            }
         )
     return groups
 
@@ -114,5 +141,16 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
 ) -> LambdaLR:
-    """Per-step LambdaLR of `warmup_cosine` (its state_dict holds only primitives)."""
-    return LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
+    """Per-step LambdaLR of `warmup_cosine`; groups marked ``fixed_lr`` keep their lr.
+
+    Its state_dict holds only primitives.
+    """
+
+    def schedule(s: int) -> float:
+        return warmup_cosine(s, total_steps, warmup_steps)
+
+    def constant(s: int) -> float:
+        return 1.0
+
+    lambdas = [constant if g.get("fixed_lr") else schedule for g in optimizer.param_groups]
+    return LambdaLR(optimizer, lambdas)

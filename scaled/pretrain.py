@@ -49,9 +49,11 @@ from scaled.checkpoint import (
 from scaled.config import (
     PretrainConfig,
     UserError,
+    config_json,
     config_to_dict,
     nan_fault_step,
     parse_config,
+    print_config_requested,
     resolved_amp,
     resolved_channels_last,
     traits,
@@ -63,9 +65,10 @@ from scaled.knn import knn_due, knn_monitor, monitor_sets
 from scaled.losses import (
     alpha_loss_batch,
     byol_loss_batch,
+    loss_features,
     minc_loss_batch,
-    normalized_features,
     simclr_loss_batch,
+    simsiam_loss_batch,
     spectral_loss_batch,
 )
 from scaled.model import SSLModel, target_tau
@@ -136,6 +139,9 @@ def ssl_loss(
     if cfg.method == "byol":
         t1, t2 = targets
         return byol_loss_batch(p1, t2) + byol_loss_batch(p2, t1)
+    if cfg.method == "simsiam":  # targets: sg(z) of the same network (no EMA target)
+        t1, t2 = targets
+        return 0.5 * (simsiam_loss_batch(p1, t2) + simsiam_loss_batch(p2, t1))
     if cfg.method in ("minc", "noncontrastive"):  # (Eq. 20; Eq. 9 without GHA)
         t1, t2 = targets
         gha = traits(cfg).gha
@@ -160,18 +166,26 @@ def ssl_loss(
     raise ValueError(f"unknown method {cfg.method!r}")
 
 
+def feature_map_applies(cfg: PretrainConfig) -> bool:
+    """Whether `--feature-norm` changes the features this method's loss sees (C12)."""
+    return cfg.feature_norm > 0 and traits(cfg).feature_norm
+
+
 def normalize_for_loss(cfg: PretrainConfig, out: dict, targets):
-    """(out, targets) with `--feature-norm mu` applied where the method takes it (Eq. 23, C12)."""
-    if cfg.feature_norm <= 0 or not traits(cfg).feature_norm:
+    """(out, targets) through `--feature-norm-kind` at radius sqrt(mu) where the method takes it.
+
+    sphere (Eq. 23) or clip (Eq. 24); see `scaled.losses.loss_features`.
+    """
+    if not feature_map_applies(cfg):
         return out, targets
-    mu = cfg.feature_norm
+    kind, mu = cfg.feature_norm_kind, cfg.feature_norm
     out = {
         **out,
-        "p1": normalized_features(out["p1"], mu),
-        "p2": normalized_features(out["p2"], mu),
+        "p1": loss_features(out["p1"], kind, mu),
+        "p2": loss_features(out["p2"], kind, mu),
     }
     if targets is not None:
-        targets = tuple(normalized_features(t, mu) for t in targets)
+        targets = tuple(loss_features(t, kind, mu) for t in targets)
     return out, targets
 
 
@@ -190,7 +204,10 @@ def statistics_and_loss(
         source = targets if cfg.cbar_source == "target" else (out["p1"], out["p2"])
         C_batch = global_second_moment(torch.cat([s.detach() for s in source]))
         model.update_cbar(C_batch, cfg.beta, first=first_step)
-    return ssl_loss(cfg, out, targets, model.Cbar, distributed=distributed)
+    loss = ssl_loss(cfg, out, targets, model.Cbar, distributed=distributed)
+    if feature_map_applies(cfg) and cfg.feature_norm_kind == "clip":
+        loss = loss / cfg.feature_norm  # HaoChen et al.'s D returns (part1 + part2) / mu
+    return loss
 
 
 # --------------------------------------------------------------------------- the run state
@@ -702,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         cfg = parse_config(argv, prog=prog)
+        if print_config_requested(argv):
+            print(config_json(cfg), flush=True)
+            return 0
         code = train(cfg)
     except UserError as err:
         if int(os.environ.get("RANK", "0")) == 0:

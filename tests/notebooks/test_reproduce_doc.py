@@ -37,3 +37,14 @@ def test_reproduce_command_parses(command: str) -> None:
     for flag, value in zip(argv, argv[1:]):
         if flag == "--output-dir":
             assert cfg.output_dir == value
+
+
+def test_every_imagenet_preset_has_a_row_and_an_imagenet100_counterpart() -> None:
+    commands = _commands()
+    named = {shlex.split(c)[shlex.split(c).index("--preset") + 1] for c in commands}
+    assert {p for p in PRESETS if p.startswith("imagenet_")} <= named
+    comparison = DOC.read_text().split("## The comparison", 1)[1].split("## Ablations", 1)[0]
+    for line in (x for x in comparison.splitlines() if PREFIX in x):
+        full, small = re.findall(r"`(" + re.escape(PREFIX) + r"[^`]*)`", line)
+        assert small.replace(" --subset imagenet100", "").replace("in100_", "") == full, line
+        assert parse_config([*shlex.split(small)[3:], "--data-dir", "/x"]).subset == "imagenet100"
