@@ -251,6 +251,13 @@ def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
     """
     from scaled.config import UserError
 
+    old_optimizer = ckpt.get("config", {}).get("optimizer", run.cfg.optimizer)
+    if old_optimizer != run.cfg.optimizer:  # its state would load and fail at the first step
+        raise UserError(
+            f"checkpoint {path} holds {old_optimizer} optimiser state, not "
+            f"--optimizer {run.cfg.optimizer}; resume with --optimizer {old_optimizer} or pass "
+            "a new --output-dir to start a new run"
+        )
     try:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
