@@ -568,7 +568,9 @@ def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.
         "Presets: "
         + "; ".join(f"{n}: {(f.__doc__ or '').splitlines()[0]}" for n, f in PRESETS.items())
         + ". Exit status: 0 done or preempted (SIGTERM/SIGUSR1 -> checkpoint, exit 0), "
-        "2 user error, 3 non-finite loss, 4 checkpoint write failed.",
+        "2 user error, 3 non-finite loss, 4 checkpoint write failed, 130 SIGINT/Ctrl-C "
+        "(checkpoint written); under torchrun, torchrun exits 1 and its summary shows the "
+        "worker's status (docs/scaling.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="imagenet_r50_minc", help="named defaults")
