@@ -719,6 +719,7 @@ def claim_output_dir(cfg: PretrainConfig, rank: int, world: int, group) -> None:
     """Rank 0 creates and locks --output-dir (`lock_output_dir`); every rank agrees on the
     outcome (a CPU all-reduce), so all of them stop with exit 2 when it fails."""
     problem = ""
+    release_output_dir()  # a previous train() in this process (tools, notebooks) that raised
     if rank == 0:
         try:
             _LOCK["file"] = lock_output_dir(Path(cfg.output_dir))
@@ -832,6 +833,7 @@ def train(cfg: PretrainConfig) -> int:
     finally:
         run.logger.close()
         restore_handlers(previous_handlers)
+        release_output_dir()
 
 
 def end_of_step(run: RunState, last_step: int) -> bool:
