@@ -469,9 +469,10 @@ def save_checkpoint(run: RunState) -> None:
     path = checkpoint_path(cfg.output_dir, run.step)
     ok, reason = 1, ""
     if run.rank == 0:
+        state = training_state(run)  # outside the try: only the write is a write failure
         try:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            atomic_save(training_state(run), path)
+            atomic_save(state, path)
         except (OSError, RuntimeError) as err:
             ok, reason = 0, write_failure(err, cfg.output_dir)
         if ok:
