@@ -196,7 +196,9 @@ class PretrainConfig:
     )
     keep_checkpoints: int = field(default=3, metadata={"help": "keep the newest K checkpoints"})
     log_every: int = field(default=50, metadata={"help": "log (and host-sync) every N steps"})
-    resume: str = field(default="", metadata={"help": "'auto' (newest valid) or a path"})
+    resume: str = field(
+        default="", metadata={"help": "'auto' (newest valid), a checkpoint file or a run folder"}
+    )
     online_probe: bool = field(
         default=True, metadata={"help": "train a linear probe on detached features (logged)"}
     )
