@@ -62,6 +62,8 @@ BAD_VALUE = {
     "probe_lr": 0.0,
     "eval_epochs": 0,
     "eval_mode": "slow",
+    "knn_every": -1,
+    "knn_samples": 0,
     "n_train": 0,
     "fault_inject": "nan@x",
 }
