@@ -37,6 +37,7 @@ BAD_VALUE = {
     "feature_norm": float("nan"),
     "cbar_source": "both",
     "loader": "ffcv",
+    "augment": "mocov3",
     "predictor": "deep",
     "proj_hidden": 0,
     "proj_out": -3,
