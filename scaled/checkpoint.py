@@ -12,6 +12,7 @@ import os
 import random
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,40 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> None:
         pass
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints."""
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+def looks_complete(path: str | os.PathLike) -> bool:
+    """Whether `path` is a whole torch zip archive (its central directory, at the end of the
+    file, reads and names a pickle): a cheap test that catches a file cut short or overwritten,
+    without loading the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("data.pkl") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int, written: str | os.PathLike) -> None:
+    """Keep `written` (the checkpoint just saved) and the newest `keep - 1` complete ones older
+    than it; delete the other older ones.
+
+    Never deleted: `written` itself, and checkpoints with a higher step than `written` (left by
+    another timeline, e.g. an unreadable `ckpt_00000500.pt` that `--resume auto` skipped; they
+    are not counted as kept). Incomplete older files (`looks_complete` False) are not counted
+    either, so `keep` readable checkpoints survive; they are deleted once `keep - 1` complete
+    ones newer than them exist.
+    """
+    written = Path(written)
+    step = _step(written)
+    older = [p for p in list_checkpoints(run_dir) if _step(p) < step]
+    kept = 0
+    for path in reversed(older):  # newest first
+        if kept < keep - 1:
+            kept += looks_complete(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _step(path: Path) -> int:
+    return int(CHECKPOINT_RE.match(path.name).group(1))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -72,13 +103,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "epoch", "world_size",
+                 "rng", "config")  # fmt: skip
+
+
+def missing_training_keys(ckpt) -> list[str]:
+    """The keys a resume needs that `ckpt` lacks (all of them when it is not a dict)."""
+    if not isinstance(ckpt, dict):
+        return list(TRAINING_KEYS)
+    return [k for k in TRAINING_KEYS if k not in ckpt]
+
+
 def newest_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads; unreadable ones are named on stderr and skipped."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
             ckpt = load_checkpoint(path)
-            if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
-                raise ValueError("not a pretrain.py checkpoint")
+            missing = missing_training_keys(ckpt)
+            if missing:
+                raise ValueError(f"not a pretrain.py checkpoint: no {', '.join(missing)}")
             return path, ckpt
         except Exception as err:  # any failure means "not usable"
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -182,30 +225,48 @@ def checkpoint_shapes(ckpt: dict) -> tuple[int, int]:
     return in_channels, int(probe.shape[0]) if probe is not None else 10
 
 
+def model_differences(run, ckpt: dict) -> list[str]:
+    """What differs between the model of `ckpt` and the one `run` built (resume report)."""
+    old = ckpt.get("config", {})
+    keys = ("method", "arch", "width", "small_blocks", "stem_stride", "proj_out", "proj_hidden",
+            "pred_hidden", "predictor", "target_network", "online_probe")  # fmt: skip
+    diff = [
+        f"--{k.replace('_', '-')} {old.get(k)!r} -> {getattr(run.cfg, k)!r}"
+        for k in keys
+        if k in old and old[k] != getattr(run.cfg, k)
+    ]
+    in_ch, n_cls = checkpoint_shapes(ckpt)
+    if in_ch != run.in_channels:
+        diff.append(f"data input channels {in_ch} -> {run.in_channels}")
+    if n_cls != run.num_classes:
+        diff.append(f"data classes {n_cls} -> {run.num_classes}")
+    return diff
+
+
 def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
-    """Load `ckpt` into `run` (weights, optimiser, schedules, RNG, step); UserError on mismatch."""
+    """Load `ckpt` into `run` (weights, optimiser, schedules, RNG, step); UserError on mismatch.
+
+    A model or optimiser that does not fit (changed --arch, --method, predictor, data classes)
+    is a one-line UserError naming what differs and how to start a new run.
+    """
     from scaled.config import UserError
 
+    old_optimizer = ckpt.get("config", {}).get("optimizer", run.cfg.optimizer)
+    if old_optimizer != run.cfg.optimizer:  # its state would load and fail at the first step
+        raise UserError(
+            f"checkpoint {path} holds {old_optimizer} optimiser state, not "
+            f"--optimizer {run.cfg.optimizer}; resume with --optimizer {old_optimizer} or pass "
+            "a new --output-dir to start a new run"
+        )
     try:
         run.model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        old = ckpt.get("config", {})
-        diff = [
-            f"{k} {old.get(k)!r} -> {getattr(run.cfg, k)!r}"
-            for k in ("method", "arch", "width", "proj_out", "proj_hidden", "predictor")
-            if k in old and old[k] != getattr(run.cfg, k)
-        ]
-        in_ch, n_cls = checkpoint_shapes(ckpt)
-        if (in_ch, n_cls) != (run.in_channels, run.num_classes):
-            diff.append(
-                f"data (channels, classes) {(in_ch, n_cls)} -> {(run.in_channels, run.num_classes)}"
-            )
-        what = ", ".join(diff) or str(err).splitlines()[0]
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        what = ", ".join(model_differences(run, ckpt)) or str(err).splitlines()[0]
         raise UserError(
             f"checkpoint {path} was written by a different model ({what}); resume with the "
             "original options or pass a new --output-dir to start a new run"
         ) from None
-    run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])

@@ -13,9 +13,11 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,9 @@ class PretrainConfig:
     )
     keep_checkpoints: int = field(default=3, metadata={"help": "keep the newest K checkpoints"})
     log_every: int = field(default=50, metadata={"help": "log (and host-sync) every N steps"})
-    resume: str = field(default="", metadata={"help": "'auto' (newest valid) or a path"})
+    resume: str = field(
+        default="", metadata={"help": "'auto' (newest valid), a checkpoint file or a run folder"}
+    )
     online_probe: bool = field(
         default=True, metadata={"help": "train a linear probe on detached features (logged)"}
     )
@@ -592,39 +596,117 @@ def resolved_predictor(cfg: PretrainConfig) -> str:
     return traits(cfg).predictor if cfg.predictor == "auto" else cfg.predictor
 
 
+def _at_least(lo):
+    return lambda v: v >= lo
+
+
+def _between(lo, hi, *, lo_open=False, hi_open=False):
+    """A finite value in [lo, hi] (either end open on request)."""
+
+    def ok(v):
+        return (
+            math.isfinite(v)
+            and (v > lo if lo_open else v >= lo)
+            and (v < hi if hi_open else v <= hi)
+        )
+
+    return ok
+
+
+def _one_of(choices):
+    return lambda v: v in choices
+
+
+def _path_text(v):
+    return "\0" not in v
+
+
+_ANY = lambda v: True  # noqa: E731  (type-checked only; e.g. booleans)
+
+# One row per field of PretrainConfig: (value is valid, what a valid value is). `validate` checks
+# the type first (the default's type), then the row; tests/faults/test_config_validation.py
+# enumerates the fields, so a new field without a row fails the suite.
+FIELD_CHECKS: dict[str, tuple[Callable, str]] = {
+    "method": (_one_of(METHODS), "one of " + ", ".join(METHODS)),
+    "arch": (_one_of(ARCHS), "one of " + ", ".join(ARCHS)),
+    "width": (_at_least(1), "an integer >= 1"),
+    "small_blocks": (_at_least(1), "an integer >= 1"),
+    "stem_stride": (_between(1, 8), "an integer in 1..8"),
+    "data_dir": (_path_text, "a folder path (empty: the embedded digits)"),
+    "output_dir": (lambda v: v.strip() != "" and _path_text(v), "a non-empty folder path"),
+    "epochs": (_at_least(1), "an integer >= 1"),
+    "max_steps": (_at_least(0), "an integer >= 0 (0: off)"),
+    "batch_size": (_at_least(1), "an integer >= 1"),
+    "accum_steps": (_at_least(1), "an integer >= 1"),
+    "lr": (_between(0, 100, lo_open=True), "a number in (0, 100]"),
+    "optimizer": (_one_of(OPTIMIZERS), "one of " + ", ".join(OPTIMIZERS)),
+    "weight_decay": (_between(0, 1, hi_open=True), "a number in [0, 1)"),
+    "momentum": (_between(0, 1, hi_open=True), "a number in [0, 1)"),
+    "warmup_epochs": (_between(0, 1e6), "a number of epochs >= 0"),
+    "tau_base": (_between(0, 1), "a number in [0, 1]"),
+    "target_network": (_ANY, "true or false"),
+    "beta": (_between(0, 1, hi_open=True), "a number in [0, 1)"),
+    "feature_norm": (_between(0, 1e6), "a number >= 0 (0: off)"),
+    "cbar_source": (_one_of(CBAR_SOURCES), "one of " + ", ".join(CBAR_SOURCES)),
+    "loader": (_one_of(LOADERS), "one of " + ", ".join(LOADERS)),
+    "augment": (_one_of(AUGMENTS), "one of " + ", ".join(AUGMENTS)),
+    "predictor": (_one_of(PREDICTORS), "one of " + ", ".join(PREDICTORS)),
+    "proj_hidden": (_at_least(1), "an integer >= 1"),
+    "proj_out": (_at_least(1), "an integer >= 1"),
+    "pred_hidden": (_at_least(1), "an integer >= 1"),
+    "alpha": (_between(1, 1e3, lo_open=True), "a number > 1 (Eq. 18 needs m > 1)"),
+    "alpha_estimator": (_one_of(ALPHA_ESTIMATORS), "one of " + ", ".join(ALPHA_ESTIMATORS)),
+    "include_diagonal": (_ANY, "true or false"),
+    "temperature": (_between(1e-3, 100), "a number in [0.001, 100]"),
+    "image_size": (_between(8, 4096), "an integer in 8..4096"),
+    "crop_scale_min": (_between(0, 1), "a number in [0, 1] (0: the recipe's)"),
+    "num_workers": (_between(0, 256), "an integer in 0..256"),
+    "seed": (_between(0, 2**32 - 1), "an integer in 0..2**32-1"),
+    "device": (_one_of(("", "cpu", "cuda")), "cpu or cuda (empty: cuda if available)"),
+    "amp": (_one_of(AMPS), "one of " + ", ".join(AMPS)),
+    "channels_last": (lambda v: v in (True, False, "auto"), "true, false or auto (CUDA only)"),
+    "compile": (_ANY, "true or false"),
+    "sync_bn": (_ANY, "true or false"),
+    "checkpoint_every": (_at_least(0), "an integer >= 0 (0: only at epoch ends)"),
+    "keep_checkpoints": (_at_least(1), "an integer >= 1"),
+    "log_every": (_at_least(1), "an integer >= 1"),
+    "resume": (_path_text, "auto, a checkpoint file or a run folder"),
+    "online_probe": (_ANY, "true or false"),
+    "probe_lr": (_between(0, 100, lo_open=True), "a number in (0, 100]"),
+    "eval_epochs": (_at_least(1), "an integer >= 1"),
+    "eval_mode": (_one_of(EVAL_MODES), "one of " + ", ".join(EVAL_MODES)),
+    "knn_every": (_at_least(0), "an integer >= 0 (0: off)"),
+    "knn_samples": (_at_least(1), "an integer >= 1"),
+    "n_train": (_at_least(1), "an integer >= 1"),
+    "fault_inject": (lambda v: not v or _parse_fault(v) is not None, "nan@STEP (tests only)"),
+    "zero_init_residual": (_ANY, "true or false"),
+    "exclude_bias_bn": (_ANY, "true or false"),
+    "fix_pred_lr": (_ANY, "true or false"),
+    "feature_norm_kind": (_one_of(FEATURE_NORM_KINDS), "one of " + ", ".join(FEATURE_NORM_KINDS)),
+    "projector": (_one_of(PROJECTORS), "one of " + ", ".join(PROJECTORS)),
+    "subset": (_one_of(SUBSETS), "one of " + ", ".join(SUBSETS)),
+}
+
+
 def validate(cfg: PretrainConfig) -> None:
-    """Raise UserError (`<problem>; <fix>`) for values no run can use."""
-    for name, choices in _CHOICES.items():
-        value = getattr(cfg, name)
-        if value not in choices:
+    """Raise UserError (`--field value is not valid (<what is>); pass ...`) for any field no
+    run can use: every field has its row in `FIELD_CHECKS`, checked here in one place."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        ok, what = FIELD_CHECKS.get(f.name, (None, ""))
+        if ok is None:
+            raise ValueError(f"PretrainConfig.{f.name} has no row in FIELD_CHECKS")
+        kind = type(f.default)
+        typed = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if f.metadata.get("auto_bool"):  # True, False or "auto": the row checks it all
+            typed = True
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            typed = True
+        if not typed or not ok(value):
             raise UserError(
-                f"--{_flag(name)} {value!r} is not valid; use one of {', '.join(choices)}"
+                f"--{_flag(f.name)} {value!r} is not valid (must be {what}); "
+                f"pass a valid value (default {f.default!r})"
             )
-    positive = ("epochs", "batch_size", "accum_steps", "proj_hidden", "proj_out", "width")
-    for name in positive + ("log_every", "keep_checkpoints", "small_blocks"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{_flag(name)} must be >= 1; pass a positive integer")
-    if cfg.knn_every < 0 or cfg.knn_samples < 1:
-        raise UserError("--knn-every must be >= 0 (0: off) and --knn-samples >= 1; fix the value")
-    if cfg.max_steps < 0 or cfg.checkpoint_every < 0:
-        raise UserError("--max-steps and --checkpoint-every must be >= 0; 0 means off")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr {cfg.lr} must be > 0; pass a positive base learning rate")
-    if not 0.0 <= cfg.beta < 1.0 or not 0.0 <= cfg.tau_base <= 1.0:
-        raise UserError("--beta must be in [0, 1) and --tau-base in [0, 1]; fix the value")
-    if cfg.method == "alpha" and cfg.alpha <= 1.0:
-        raise UserError(f"--alpha {cfg.alpha} must be > 1 (Eq. 18 needs m > 1); pass e.g. 2 or 1.5")
-    if not 0.0 <= cfg.crop_scale_min <= 1.0:
-        raise UserError(
-            f"--crop-scale-min {cfg.crop_scale_min} must be in [0, 1]; 0 means the recipe's"
-        )
-    if cfg.feature_norm < 0:
-        raise UserError(f"--feature-norm {cfg.feature_norm} must be >= 0; 0 means off")
-    if cfg.channels_last not in (True, False, "auto"):
-        raise UserError(
-            f"--channels-last {cfg.channels_last!r} is not valid; pass --channels-last, "
-            "--no-channels-last or leave it out (auto: on CUDA only)"
-        )
     if cfg.subset != "none" and not cfg.data_dir:
         raise UserError(
             f"--subset {cfg.subset} selects ImageNet classes but no --data-dir is given; pass "
@@ -635,10 +717,6 @@ def validate(cfg: PretrainConfig) -> None:
             f"--subset {cfg.subset} is not applied by --loader dali (it reads every class "
             "folder); use --loader torch, or a folder that holds only the subset"
         )
-    if cfg.device not in ("", "cpu", "cuda"):
-        raise UserError(f"--device {cfg.device!r} is not valid; use cpu or cuda")
-    if cfg.fault_inject and not _parse_fault(cfg.fault_inject):
-        raise UserError(f"--fault-inject {cfg.fault_inject!r} is not valid; use nan@STEP")
 
 
 def resolved_amp(cfg: PretrainConfig, device_type: str) -> str:
@@ -676,11 +754,26 @@ def _flag(name: str) -> str:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors raise UserError (CLIs print one line and exit 2)."""
+    """argparse whose errors raise UserError (CLIs print one line and exit 2).
+
+    Built with `allow_abbrev=False` (a prefix such as `--max-step` is an unknown option, not
+    silently `--max-steps`); an unknown option gets a "did you mean" from the valid ones.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        valid = " ".join(sorted(o for a in self._actions for o in a.option_strings))
-        raise UserError(f"{message}; valid options: {valid} (see --help)")
+        options = sorted(o for a in self._actions for o in a.option_strings)
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            for word in message.split(":", 1)[1].split():
+                flag = word.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+                if flag.startswith("--") and close:
+                    hints.append(f"{flag}: did you mean {close[0]}?")
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise UserError(f"{message}{hint}; valid options: {' '.join(options)} (see --help)")
 
 
 def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
@@ -692,7 +785,9 @@ def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.
         "Presets: "
         + "; ".join(f"{n}: {(f.__doc__ or '').splitlines()[0]}" for n, f in PRESETS.items())
         + ". Exit status: 0 done or preempted (SIGTERM/SIGUSR1 -> checkpoint, exit 0), "
-        "2 user error, 3 non-finite loss, 4 checkpoint write failed.",
+        "2 user error, 3 non-finite loss, 4 checkpoint write failed, 130 SIGINT/Ctrl-C "
+        "(checkpoint written); under torchrun, torchrun exits 1 and its summary shows the "
+        "worker's status (docs/scaling.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="imagenet_r50_minc", help="named defaults")
@@ -717,7 +812,7 @@ def build_parser(defaults: PretrainConfig, prog: str | None = None) -> argparse.
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> PretrainConfig:
     """Parse pretrain.py's command line into a validated config (raises UserError / exits 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--preset", default="imagenet_r50_minc")
     known, _ = pre.parse_known_args(argv)
     if known.preset not in PRESETS:
@@ -731,6 +826,8 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
     values = {f.name: getattr(args, f.name) for f in fields(PretrainConfig)}
     cfg = replace(defaults, **values)
     validate(cfg)
+    if cfg.data_dir:  # stored resolved: linear_eval reads it back from any working directory
+        cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     return cfg
 
 

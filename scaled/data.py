@@ -61,32 +61,77 @@ def embedded_digits(split: str, n_train: int = 4000) -> tuple[torch.Tensor, torc
     return images, torch.from_numpy(y[idx].astype(np.int64))
 
 
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """The visible entries of `folder`, sorted by name (dot-files and dot-folders such as
+    `.ipynb_checkpoints` skipped); UserError when the folder cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as err:
+        raise UserError(
+            f"cannot list {folder} ({err.strerror or err}); fix its permissions or remove it"
+        ) from None
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'dir', 'image', 'other', or 'broken' (a symlink loop or dangling link: stat fails)."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "image" if entry.name.lower().endswith(IMAGE_EXTENSIONS) else "other"
+        os.stat(entry.path)  # a dangling link: is_file/is_dir are False, stat raises
+        return "other"
+    except OSError as err:
+        print(f"warning: skipping {entry.path} ({err.strerror or err})", file=sys.stderr)
+        return "broken"
+
+
 def scan_image_folder(
-    root: str | os.PathLike, split: str, only: Sequence[str] | None = None
+    root: str | os.PathLike,
+    split: str,
+    only: Sequence[str] | None = None,
+    *,
+    unlabelled_ok: bool = False,
 ) -> tuple[list[tuple[str, int]], list]:
     """`(path, class_index)` of `root/split/<class>/*`; one-line UserErrors on bad input.
 
     `only`: keep just these class folders (`--subset`); a missing one is a UserError naming it.
+
+    Dot-entries are skipped; a link that cannot be followed (loop, dangling) is skipped with a
+    warning. `unlabelled_ok` (pretraining): images directly in `root/split/` without class
+    folders are one unlabelled set, returned with label 0 and no classes (`[]`).
     """
     root = Path(root)
     fix = f"pass --data-dir ROOT with images in ROOT/{split}/<class>/*.JPEG"
+    if unlabelled_ok:
+        fix += f" or directly in ROOT/{split}/ (unlabelled)"
+    else:
+        fix += f" (any folder name works for unlabelled images: ROOT/{split}/all/)"
     if not root.is_dir():
         raise UserError(f"--data-dir {root} does not exist or is not a folder; {fix}")
     folder = root / split
     if not folder.is_dir():
         raise UserError(f"{folder} not found (--data-dir must contain {split}/); {fix}")
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    entries = [(e, _kind(e)) for e in _entries(folder)]
+    classes = [e.name for e, kind in entries if kind == "dir"]
+    loose = [e.path for e, kind in entries if kind == "image"]
+    if not classes and loose and unlabelled_ok:
+        return [(f, 0) for f in loose], []
     if not classes:
-        raise UserError(f"{folder} has no class folders; {fix}")
+        what = "has images but no class folders" if loose else "has no class folders"
+        raise UserError(f"{folder} {what}; {fix}")
+    if loose:
+        print(
+            f"warning: {len(loose)} images directly in {folder} are ignored (the class "
+            "folders are used); move them into a class folder",
+            file=sys.stderr,
+        )
     if only is not None:
         classes = _subset_of(classes, only, folder)
     samples = []
     for ci, name in enumerate(classes):
-        files = sorted(
-            e.path
-            for e in os.scandir(folder / name)
-            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files = [e.path for e in _entries(folder / name) if _kind(e) == "image"]
         if not files:
             raise UserError(
                 f"class folder {folder / name} has no images; add images or remove the folder"
@@ -121,6 +166,15 @@ def _subset_of(classes: list[str], only: Sequence[str], folder: Path) -> list[st
     return sorted(set(only))
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit integer images (`I;16*`, `I`) scaled to 8 bits (value / 257), so that
+    `convert("RGB")` does not clip them at 255 (a 16-bit gradient would become white)."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return img
+
+
 class ImageFiles(Dataset):
     """`(PIL image, label)` from a file list; `load(i)` raises on an unreadable file."""
 
@@ -131,10 +185,15 @@ class ImageFiles(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
+        """Decode one file to 8-bit RGB; OSError/ValueError for an unreadable one (also an
+        image over PIL's decompression-bomb limit, `Image.MAX_IMAGE_PIXELS`, which is kept)."""
         path, label = self.samples[index]
-        with open(path, "rb") as fh:
-            img = Image.open(fh)
-            img = img.convert("RGB")  # forces decoding: a truncated file raises here
+        try:
+            with open(path, "rb") as fh:
+                img = Image.open(fh)
+                img = to_8bit(img).convert("RGB")  # forces decoding: a truncated file raises
+        except Image.DecompressionBombError as err:
+            raise ValueError(str(err).split(" could be")[0]) from None
         return img, label
 
     def name(self, index: int) -> str:
@@ -390,10 +449,13 @@ def pretrain_dataset(
     ImageFolder data: the `--augment` recipe's views, all on the CPU (`view_transform`, the
     reference) or, with `two_stage`, the CPU stage only (`TwoStageView`: uint8 views plus their
     colour parameters, for `scaled.augment.device_stage`). The digits have no colour stage.
+    num_classes is 0 for a flat folder of unlabelled images (no online probe).
     """
     scale = crop_scale_min(cfg)
     if cfg.data_dir:
-        samples, classes = scan_image_folder(cfg.data_dir, split, subset_classes(cfg.subset))
+        samples, classes = scan_image_folder(
+            cfg.data_dir, split, subset_classes(cfg.subset), unlabelled_ok=True
+        )
         stage = TwoStageView if two_stage else view_transform
         views = tuple(stage(r, cfg.image_size, scale) for r in RECIPES[cfg.augment])
         return ViewsDataset(ImageFiles(samples), views, cfg.seed), 3, len(classes)
@@ -481,3 +543,21 @@ def resolved_loader(cfg, device_type: str) -> str:
     if not cfg.data_dir:
         return "torch"
     return "device" if device_type == "cuda" else CPU_IMAGEFOLDER_LOADER
+
+
+def worker_error_text(err: BaseException) -> str:
+    """The message of `err` without a data-loader worker's traceback.
+
+    torch re-raises an exception from a worker as the same type with the whole worker
+    traceback in its message ("Caught UserError in DataLoader worker process 0. Original
+    Traceback ..."); the last line of that traceback holds the original message.
+    """
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    for p in (prefix, f"{type(err).__name__}: "):
+        if last.startswith(p):
+            return last[len(p) :]
+    return last

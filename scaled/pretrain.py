@@ -9,7 +9,8 @@ resume, the step loop, logging, checkpoints. MINC's step (Eq. 15, 20, 22):
     loss = (minc(phi(x1), t2, Cbar) + minc(phi(x2), t1, Cbar)) / 2
 
 Exit status: 0 done or preempted (SIGTERM/SIGUSR1: checkpoint at the next step boundary on
-every rank, then exit 0), 2 user error, 3 non-finite loss, 4 checkpoint write failed.
+every rank, then exit 0), 2 user error, 3 non-finite loss, 4 checkpoint write failed, 130
+interrupted by SIGINT / Ctrl-C (checkpoint at the next step boundary, as for SIGTERM).
 No host synchronisation happens per step except at log intervals and checkpoints (the
 preemption flag is agreed through a CPU/gloo all-reduce, which does not wait for the GPU).
 """
@@ -24,6 +25,8 @@ if __package__ in (None, ""):  # run as a file (`torchrun scaled/pretrain.py`): 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
+import fcntl
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from scaled.checkpoint import (
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
+    missing_training_keys,
     newest_valid_checkpoint,
     prune_checkpoints,
     restore,
@@ -58,7 +62,13 @@ from scaled.config import (
     resolved_channels_last,
     traits,
 )
-from scaled.data import GlobalBatchSampler, crop_scale_min, pretrain_dataset, resolved_loader
+from scaled.data import (
+    GlobalBatchSampler,
+    crop_scale_min,
+    pretrain_dataset,
+    resolved_loader,
+    worker_error_text,
+)
 from scaled.distributed import cleanup, global_second_moment, init_distributed
 from scaled.health import CollapseMonitor, representation_health
 from scaled.knn import knn_due, knn_monitor, monitor_sets
@@ -74,7 +84,7 @@ from scaled.losses import (
 from scaled.model import SSLModel, target_tau
 from scaled.optim import build_optimizer, build_scheduler
 
-EXIT_USER, EXIT_NONFINITE, EXIT_WRITE = 2, 3, 4
+EXIT_USER, EXIT_NONFINITE, EXIT_WRITE, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 class RunError(Exception):
@@ -87,20 +97,47 @@ class RunError(Exception):
 
 # --------------------------------------------------------------------------- preemption
 
-_PREEMPT = {"flag": False}
+# Set by the signal handler: 0 none, 1 SIGTERM/SIGUSR1 (preempted: exit 0), 2 SIGINT (exit 130).
+_PREEMPT = {"flag": 0, "agreed": 0}
+STOP_SIGNALS = {signal.SIGTERM: 1, signal.SIGUSR1: 1, signal.SIGINT: 2}
 
 
 def _on_preempt_signal(signum, frame) -> None:
-    _PREEMPT["flag"] = True
+    _PREEMPT["flag"] = max(_PREEMPT["flag"], STOP_SIGNALS.get(signum, 1))
 
 
-def preemption_requested(group) -> bool:
-    """Whether any rank got SIGTERM/SIGUSR1 (a CPU all-reduce of the flags; no GPU sync)."""
+def install_stop_handlers() -> dict:
+    """SIGTERM, SIGUSR1 and SIGINT set the flag (checkpoint at the next step boundary);
+    returns the previous handlers (for `restore_handlers`)."""
+    _PREEMPT["flag"] = 0
+    return {sig: signal.signal(sig, _on_preempt_signal) for sig in STOP_SIGNALS}
+
+
+def restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader `worker_init_fn`: workers ignore SIGTERM/SIGINT/SIGUSR1.
+
+    SLURM's time limit and `scancel` signal the whole process group and Ctrl-C signals the
+    foreground group: workers that died of it first would make the main process raise
+    "DataLoader worker ... killed by signal" before it could checkpoint. The main process
+    handles the signal at the next step boundary and then shuts its workers down.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def preemption_requested(group) -> int:
+    """Whether any rank got a stop signal: 0 no, 1 SIGTERM/SIGUSR1, 2 SIGINT (a CPU all-reduce
+    of the flags, MAX over ranks; no GPU sync)."""
     if not dist.is_initialized():
         return _PREEMPT["flag"]
     flag = torch.tensor([int(_PREEMPT["flag"])], dtype=torch.int32)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    return bool(flag.item())
+    return int(flag.item())
 
 
 # --------------------------------------------------------------------------- the loss
@@ -437,18 +474,29 @@ def check_finite(run: RunState) -> None:
 
 
 def save_checkpoint(run: RunState) -> None:
-    """Atomic checkpoint of `run` on rank 0, agreed by every rank; RunError 4 when it fails."""
+    """Atomic checkpoint of `run` on rank 0, agreed by every rank; RunError 4 when it fails.
+
+    torch reports a full disk as OSError(ENOSPC) or as a RuntimeError from its zip writer
+    ("[enforce fail at inline_container.cc] ... unexpected pos"); both are a failed write.
+    Pruning (`prune_checkpoints`) never deletes the file just written; a failed delete is a
+    warning, not a failed checkpoint.
+    """
     check_finite(run)  # never save a non-finite checkpoint
     cfg = run.cfg
     path = checkpoint_path(cfg.output_dir, run.step)
     ok, reason = 1, ""
     if run.rank == 0:
+        state = training_state(run)  # outside the try: only the write is a write failure
         try:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            atomic_save(training_state(run), path)
-            prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints)
-        except OSError as err:
-            ok, reason = 0, err.strerror or str(err)
+            atomic_save(state, path)
+        except (OSError, RuntimeError) as err:
+            ok, reason = 0, write_failure(err, cfg.output_dir)
+        if ok:
+            try:
+                prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints, path)
+            except OSError as err:
+                say(run, f"warning: could not delete old checkpoints ({err}); delete them by hand")
     if run.world > 1:
         flag = torch.tensor([ok], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=run.control)
@@ -460,6 +508,14 @@ def save_checkpoint(run: RunState) -> None:
             f"previous checkpoint {run.last_good or 'none'} is intact",
         )
     run.last_good = path
+
+
+def write_failure(err: Exception, folder: str) -> str:
+    """Why a checkpoint write failed, in a few words, with the free space left in `folder`."""
+    text = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    with contextlib.suppress(OSError):
+        text += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    return text
 
 
 def log_metrics(run: RunState) -> None:
@@ -559,7 +615,8 @@ def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, lo
 
 
 def find_resume_checkpoint(cfg: PretrainConfig) -> tuple[Path, dict] | None:
-    """The checkpoint `--resume` names (auto: the newest readable one), or None."""
+    """The checkpoint `--resume` names (auto: the newest readable one in --output-dir; a run
+    folder: the newest readable one there; a file: that file), or None."""
     existing = list_checkpoints(cfg.output_dir)
     if existing and not cfg.resume:
         raise UserError(
@@ -570,15 +627,57 @@ def find_resume_checkpoint(cfg: PretrainConfig) -> tuple[Path, dict] | None:
         return None
     if cfg.resume == "auto":
         return newest_valid_checkpoint(cfg.output_dir)
+    if Path(cfg.resume).is_dir():
+        found = newest_valid_checkpoint(cfg.resume)
+        if found is None:
+            raise UserError(
+                f"--resume {cfg.resume} holds no readable checkpoint (ckpt_*.pt); pass a "
+                "checkpoint file, another run folder or --resume auto"
+            )
+        return found
     if not Path(cfg.resume).is_file():
-        raise UserError(f"--resume {cfg.resume} does not exist; pass a checkpoint or auto")
+        raise UserError(
+            f"--resume {cfg.resume} does not exist; pass a checkpoint, a run folder or auto"
+        )
     try:
-        return Path(cfg.resume), load_checkpoint(cfg.resume)
+        ckpt = load_checkpoint(cfg.resume)
     except Exception as err:  # any failure to load: say which file and what to do
         raise UserError(
             f"checkpoint {cfg.resume} is unreadable ({type(err).__name__}); "
             "pass another --resume path or --resume auto"
         ) from None
+    missing = missing_training_keys(ckpt)
+    if missing:
+        raise UserError(
+            f"{cfg.resume} is not a pretrain.py checkpoint (no {', '.join(missing)}); pass a "
+            "ckpt_*.pt file that pretrain.py wrote, its run folder or --resume auto"
+        )
+    return Path(cfg.resume), ckpt
+
+
+def world_size_change(ckpt: dict, cfg: PretrainConfig, world: int) -> str | None:
+    """The resume line for a run continued on a different number of ranks (None: same).
+
+    Per-rank micro-batch = global batch / (world x accumulation), each side from its own run;
+    the global batch (and with it the composition of every global batch) is unchanged only
+    when --batch-size is.
+    """
+    old_world = int(ckpt["world_size"])
+    if old_world == world:
+        return None
+    old = ckpt.get("config", {})
+    old_batch = int(old.get("batch_size", cfg.batch_size))
+    old_accum = int(old.get("accum_steps", cfg.accum_steps))
+    old_micro = old_batch // (old_world * old_accum)
+    new_micro = cfg.batch_size // (world * cfg.accum_steps)
+    if old_batch == cfg.batch_size:
+        batch = f"global batch {cfg.batch_size} unchanged: data order and augmentations too"
+    else:
+        batch = f"global batch {old_batch} -> {cfg.batch_size}: the batches differ from here"
+    return (
+        f"resume: world size {old_world} -> {world}; per-rank micro-batch {old_micro} x "
+        f"{old_accum} accumulation -> {new_micro} x {cfg.accum_steps}; {batch}"
+    )
 
 
 def resume(run: RunState) -> None:
@@ -593,15 +692,70 @@ def resume(run: RunState) -> None:
     restore(run, ckpt, path)
     run.last_good = path
     say(run, f"resume: {path} at step {run.step} (epoch {ckpt['epoch']})")
-    if ckpt["world_size"] != run.world:
-        say(
-            run,
-            f"resume: world size {ckpt['world_size']} -> {run.world}; per-rank batch "
-            f"{cfg.batch_size // ckpt['world_size']} -> {cfg.batch_size // run.world}; the "
-            "global batch, data order and augmentations are unchanged",
-        )
+    change = world_size_change(ckpt, cfg, run.world)
+    if change:
+        say(run, change)
     for change in config_changes(ckpt["config"], cfg):
         say(run, f"resume: config changed: {change}")
+
+
+# One exclusive lock per run folder, held by rank 0 until its process ends.
+_LOCK: dict = {"file": None}
+
+
+def lock_output_dir(out: Path):
+    """Create `out` and take an exclusive `fcntl.flock` on `out/.lock` (holding our pid).
+
+    The kernel releases the lock when the process dies (crash, SIGKILL), so a stale lock file
+    never blocks a new run; only a live run holding it does (UserError).
+    """
+    fix = "pass an --output-dir you can write"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / ".lock", "a+")  # held open for the whole run
+    except OSError as err:
+        msg = f"--output-dir {out} cannot be used ({err.strerror or err}); {fix}"
+        raise UserError(msg) from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise UserError(
+            f"--output-dir {out} is in use by another run (pid {pid}, lock {out / '.lock'}); "
+            "wait for it to finish or pass another --output-dir"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def claim_output_dir(cfg: PretrainConfig, rank: int, world: int, group) -> None:
+    """Rank 0 creates and locks --output-dir (`lock_output_dir`); every rank agrees on the
+    outcome (a CPU all-reduce), so all of them stop with exit 2 when it fails."""
+    problem = ""
+    release_output_dir()  # a previous train() in this process (tools, notebooks) that raised
+    if rank == 0:
+        try:
+            _LOCK["file"] = lock_output_dir(Path(cfg.output_dir))
+        except UserError as err:
+            problem = str(err)
+    if world > 1:
+        flag = torch.tensor([int(not problem)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+        if not flag.item() and not problem:
+            problem = f"rank 0 could not claim --output-dir {cfg.output_dir}; see its error"
+    if problem:
+        raise UserError(problem)
+
+
+def release_output_dir() -> None:
+    if _LOCK["file"] is not None:
+        _LOCK["file"].close()  # closing the file releases the flock
+        _LOCK["file"] = None
 
 
 def start_logging(run: RunState, last_step: int, device_type: str) -> None:
@@ -643,6 +797,12 @@ def train(cfg: PretrainConfig) -> int:
 
     loader_kind = resolved_loader(cfg, device.type)
     dataset, in_channels, num_classes = pretrain_dataset(cfg, two_stage=loader_kind == "device")
+    if num_classes == 0 and rank == 0:
+        print(
+            f"note: {Path(cfg.data_dir) / 'train'} has no class folders: pretraining on "
+            "unlabelled images, the online probe is off",
+            file=sys.stderr,
+        )
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
     dali = build_dali_loader(cfg, micro, rank, world, local_rank) if loader_kind == "dali" else None
@@ -654,14 +814,14 @@ def train(cfg: PretrainConfig) -> int:
     )  # fmt: skip
     if world > 1 and dist.get_backend() != "gloo":
         run.control = dist.new_group(backend="gloo")  # host-side flags without GPU syncs
+    claim_output_dir(cfg, rank, world, run.control)
     resume(run)
     if cfg.knn_every:
         monitor_sets(cfg)  # scan the labelled data now: a missing val/ fails before step 1
     last_step = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
     start_logging(run, last_step, device_type)
     say(run, f"input pipeline: --loader {cfg.loader} -> {loader_kind}")
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, _on_preempt_signal)
+    previous_handlers = install_stop_handlers()
     loader = dali or DataLoader(
         dataset,
         batch_size=micro,
@@ -670,6 +830,7 @@ def train(cfg: PretrainConfig) -> int:
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
         drop_last=False,
+        worker_init_fn=ignore_stop_signals,
     )
     nan_step = nan_fault_step(cfg)
     step_fn = train_step if nan_step is None else with_nan_fault(train_step, nan_step)
@@ -682,19 +843,22 @@ def train(cfg: PretrainConfig) -> int:
             for _ in range(run.step % steps_per_epoch, steps_per_epoch):
                 step_fn(run, [next(batches) for _ in range(cfg.accum_steps)])
                 if not end_of_step(run, last_step):
-                    return 0
+                    return EXIT_INTERRUPTED if _PREEMPT["agreed"] == 2 else 0
                 if run.step >= last_step:
                     break
         say(run, f"done: {run.step} steps; checkpoint {run.last_good}")
         return 0
     finally:
         run.logger.close()
+        restore_handlers(previous_handlers)
+        release_output_dir()
 
 
 def end_of_step(run: RunState, last_step: int) -> bool:
-    """Log and checkpoint when due; False when preempted (checkpoint written, stop with 0)."""
+    """Log and checkpoint when due; False when preempted (checkpoint written; stop with 0, or
+    130 for SIGINT: `_PREEMPT["agreed"]` holds which)."""
     cfg, step = run.cfg, run.step
-    preempt = preemption_requested(run.control)
+    preempt = _PREEMPT["agreed"] = preemption_requested(run.control)
     if knn_due(cfg, step, run.steps_per_epoch):
         kw = dict(rank=run.rank, world=run.world, device=run.device, amp_dtype=run.amp_dtype)
         run.extra_metrics.update(knn_monitor(run.model, cfg, **kw))
@@ -708,7 +872,8 @@ def end_of_step(run: RunState, last_step: int) -> bool:
     if checkpoint_due or preempt:
         save_checkpoint(run)
     if preempt:
-        run.logger.write(f"preempted: checkpoint {run.last_good} at step {step}; exit 0")
+        what, code = ("interrupted", EXIT_INTERRUPTED) if preempt == 2 else ("preempted", 0)
+        run.logger.write(f"{what}: checkpoint {run.last_good} at step {step}; exit {code}")
         return False
     return True
 
@@ -723,15 +888,25 @@ def main(argv: list[str] | None = None) -> int:
             print(config_json(cfg), flush=True)
             return 0
         code = train(cfg)
-    except UserError as err:
+    except UserError as err:  # from a data-loader worker too: its message without its traceback
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print(f"error: {worker_error_text(err)}", file=sys.stderr, flush=True)
         code = EXIT_USER
     except RunError as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr, flush=True)
         code = err.code
+    except KeyboardInterrupt:  # Ctrl-C before the stop handlers are installed (set-up)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                "error: interrupted during set-up, before the first step (no checkpoint); "
+                "run the command again",
+                file=sys.stderr,
+                flush=True,
+            )
+        code = EXIT_INTERRUPTED
     finally:
+        release_output_dir()
         with contextlib.suppress(Exception):
             cleanup()
     return code
