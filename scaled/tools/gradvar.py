@@ -41,11 +41,13 @@ import torch
 
 from scaled.config import UserError
 from scaled.tools.provenance import (
+    add_output_options,
     checkout_root,
     docs_file,
     environment,
     provenance_line,
     replace_section,
+    run_or_publish,
 )
 
 ESTIMATORS = ("spectral", "minc_batch_C", "minc_ema_Cbar")
@@ -270,36 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes (tests; numbers mean nothing)"
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/gradvar"))
-    parser.add_argument(
-        "--write-docs", action="store_true", help="into docs/results/ and docs/results.md"
-    )
-    parser.add_argument(
-        "--publish",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="no run: put DIR/gradvar.json (an earlier run's) into the docs",
-    )
+    add_output_options(parser, "gradvar")
     args = parser.parse_args(argv)
-    if args.publish is not None:
-        try:
-            result = json.loads((args.publish / "gradvar.json").read_text())
-            publish(result, args.publish)
-        except (UserError, OSError) as err:
-            print(f"error: {err}; pass the --output-dir of a finished run", file=sys.stderr)
-            return 2
-        print(markdown_table(result))
-        return 0
-    try:
-        result = gradvar_command(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(markdown_table(result))
-    if args.write_docs:
-        publish(result, args.output_dir)
-    return 0
+    return run_or_publish(args, "gradvar", gradvar_command, publish, markdown_table)
 
 
 def gradvar_command(args: argparse.Namespace) -> dict[str, Any]:

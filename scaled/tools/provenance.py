@@ -123,3 +123,44 @@ def provenance_line(env: dict[str, Any]) -> str:
     if env.get("time_utc"):
         parts.append(f"{env['time_utc']} UTC")
     return ", ".join(parts)
+
+
+def add_output_options(parser, name: str) -> None:
+    """`--output-dir`, `--write-docs` and `--publish DIR` of an analysis tool writing NAME.json."""
+    parser.add_argument("--output-dir", type=Path, default=Path(f"runs/{name}"))
+    parser.add_argument(
+        "--write-docs", action="store_true", help="into docs/results/ and docs/results.md"
+    )
+    parser.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"no run: put DIR/{name}.json (an earlier run's) into the docs",
+    )
+
+
+def run_or_publish(args, name: str, command, publish, table) -> int:
+    """The main of an analysis tool: `command(args)` then `publish` with `--write-docs`, or
+    `--publish DIR` alone; prints `table(result)`; one-line errors, exit 2."""
+    import json
+    import sys
+
+    if args.publish is not None:
+        try:
+            result = json.loads((args.publish / f"{name}.json").read_text())
+            publish(result, args.publish)
+        except (UserError, OSError) as err:
+            print(f"error: {err}; pass the --output-dir of a finished run", file=sys.stderr)
+            return 2
+        print(table(result))
+        return 0
+    try:
+        result = command(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table(result))
+    if args.write_docs:
+        publish(result, args.output_dir)
+    return 0

@@ -34,11 +34,13 @@ import numpy as np
 
 from scaled.config import UserError
 from scaled.tools.provenance import (
+    add_output_options,
     checkout_root,
     docs_file,
     environment,
     provenance_line,
     replace_section,
+    run_or_publish,
 )
 
 FULL = {"steps": 1500, "points": 10, "extra": True}
@@ -276,36 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="read finished run folders instead of training (their checkpoints and metrics)",
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/signature"))
-    parser.add_argument(
-        "--write-docs", action="store_true", help="into docs/results/ and docs/results.md"
-    )
-    parser.add_argument(
-        "--publish",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="no run: put DIR/signature.json (an earlier run's) into the docs",
-    )
+    add_output_options(parser, "signature")
     args = parser.parse_args(argv)
-    if args.publish is not None:
-        try:
-            result = json.loads((args.publish / "signature.json").read_text())
-            publish(result, args.publish)
-        except (UserError, OSError) as err:
-            print(f"error: {err}; pass the --output-dir of a finished run", file=sys.stderr)
-            return 2
-        print(markdown_table(result))
-        return 0
-    try:
-        result = signature_command(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(markdown_table(result))
-    if args.write_docs:
-        publish(result, args.output_dir)
-    return 0
+    return run_or_publish(args, "signature", signature_command, publish, markdown_table)
 
 
 def signature_command(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,16 +8,13 @@ z-row gradient = R x one-process gradient, DDP-averaged parameter gradient = one
 
 from __future__ import annotations
 
-import socket
-import time
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from numpy.testing import assert_allclose
 
 from reference.tolerances import tol
 from tests.distributed import _scenario as sc
+from tests.gloo import spawn_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 
@@ -26,30 +23,9 @@ pytestmark = [pytest.mark.distributed, pytest.mark.xdist_group("distributed")]
 TIMEOUT_S = 300.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, tmp_path, monkeypatch) -> list[dict]:
     """Run `sc.worker` on `world` ranks; a hang past TIMEOUT_S kills them and fails the test."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the spawned ranks
-    ctx = mp.start_processes(
-        sc.worker,
-        args=(world, _free_port(), str(tmp_path)),
-        nprocs=world,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{world} gloo processes did not finish within {TIMEOUT_S} s")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    return spawn_ranks(sc.worker, world, tmp_path, monkeypatch, timeout=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

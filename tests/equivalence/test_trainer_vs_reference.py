@@ -16,13 +16,9 @@ gives each step's numbers independently:
 
 from __future__ import annotations
 
-import socket
-import time
-
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from numpy.testing import assert_allclose
 
 from reference.ema import ema_update
@@ -30,30 +26,11 @@ from reference.losses import minc_loss_batch_grad, second_moment_batch
 from reference.tolerances import tol
 from scaled.model import target_tau
 from tests.equivalence import _trainer_scenario as sc
-
-TIMEOUT_S = 300.0  # a hang detector for the spawned ranks, not a speed gate
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.gloo import spawn_ranks
 
 
 def _two_processes(tmp_path, monkeypatch) -> list[list[dict]]:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ctx = mp.start_processes(
-        sc.worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-        start_method="spawn",
-    )  # fmt: skip
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"2 gloo processes did not finish within {TIMEOUT_S} s")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    return spawn_ranks(sc.worker, 2, tmp_path, monkeypatch)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

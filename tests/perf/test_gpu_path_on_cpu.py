@@ -20,42 +20,22 @@ Each check runs the real `build_run_state` + `train_step` in 2 gloo processes (s
 from __future__ import annotations
 
 import math
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from numpy.testing import assert_allclose
 
 from reference.tolerances import TOLERANCES, tol
+from tests.gloo import spawn_ranks
 from tests.perf import _gpu_path_scenario as sc
 
 TIMEOUT_S = 900.0  # a hang detector for the spawned ranks, not a speed gate
 METHODS = ("minc", "spectral")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_processes(tmp_path, monkeypatch, methods, variants) -> list[dict]:
     """`sc.worker` in 2 gloo processes; each rank's {(method, variant): record}."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ctx = mp.start_processes(
-        sc.worker, args=(2, _free_port(), str(tmp_path), methods, variants), nprocs=2,
-        join=False, start_method="spawn",
-    )  # fmt: skip
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"2 gloo processes did not finish within {TIMEOUT_S} s")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    return spawn_ranks(sc.worker, 2, tmp_path, monkeypatch, methods, variants, timeout=TIMEOUT_S)
 
 
 def relative_error(g: torch.Tensor, g_ref: torch.Tensor) -> float:
