@@ -55,8 +55,13 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 GPU_WHEELS ?= gpu-wheels
 GPU_SITE   ?= .gpu-site
 GPU_OUT    ?= runs/gpu-check
-# pytest (for the no-host-sync test) and its pure-Python dependencies; nothing else is needed
-GPU_WHEEL_PINS := pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
+# pytest (for the no-host-sync test) and its pure-Python dependencies, and kornia (the device
+# augmentation stage, the default loader on CUDA) with kornia-rs, a compiled wheel: it is fetched
+# for the GPU node's Python and platform (GPU_PY_VERSION, GPU_PLATFORM), not this machine's
+GPU_WHEEL_PINS := pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0 \
+  kornia==0.9.0 kornia-rs==0.2.0
+GPU_PY_VERSION ?= 3.12
+GPU_PLATFORM   ?= manylinux_2_17_x86_64
 
 gpu-check: ## on one CUDA GPU: every method bf16 + channels_last, compile, bench, no-sync (DRY=1: CPU toy run)
 	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
@@ -65,8 +70,10 @@ gpu-check: ## on one CUDA GPU: every method bf16 + channels_last, compile, bench
 	PYTHONPATH=.:$(GPU_SITE) $(GPU_PYTHON) -m scaled.tools.gpu_check $(if $(DRY),--dry-run) \
 	  --output-dir $(GPU_OUT) --write-docs
 
-gpu-wheels: ## download the few pure-Python wheels gpu-check needs into gpu-wheels/ (for offline nodes)
-	$(GPU_PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+gpu-wheels: ## download the few wheels gpu-check needs (pytest, kornia) into gpu-wheels/ (for offline nodes)
+	$(GPU_PYTHON) -m pip download -q --no-deps --only-binary=:all: -d $(GPU_WHEELS) \
+	  --python-version $(GPU_PY_VERSION) --implementation cp --platform $(GPU_PLATFORM) \
+	  --platform manylinux2014_x86_64 --platform any $(GPU_WHEEL_PINS)
 	@du -sh $(GPU_WHEELS)
 
 clean: ## remove runs/ and caches (keeps .venv)

@@ -27,10 +27,26 @@ import functools
 import math
 from dataclasses import dataclass
 
-import kornia
 import torch
 import torch.nn.functional as nnf
 from torchvision import transforms as T
+
+
+@functools.cache
+def _kornia():
+    """kornia, imported on first use: the trainer imports without it (offline GPU nodes carry it
+    as a wheel, `make gpu-wheels`); only the device stage needs it."""
+    try:
+        import kornia
+    except ImportError:
+        from scaled.config import UserError
+
+        raise UserError(
+            "the device augmentation stage needs kornia, which is not installed; pip install "
+            "kornia==0.9.0 (offline: make gpu-wheels), or pass --loader torch"
+        ) from None
+    return kornia
+
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -171,7 +187,7 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue by `factor` turns (torchvision's unit) -- kornia takes radians."""
-    return kornia.enhance.adjust_hue(x, factor * (2 * math.pi))
+    return _kornia().enhance.adjust_hue(x, factor * (2 * math.pi))
 
 
 COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)  # ColorJitter
@@ -211,7 +227,7 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Te
 
 def solarize(x: torch.Tensor) -> torch.Tensor:
     """Invert pixels >= 128/255 (PIL's and torchvision's threshold 128 on uint8)."""
-    return kornia.enhance.solarize(x, 128 / 255)
+    return _kornia().enhance.solarize(x, 128 / 255)
 
 
 def augment_batch(pixels: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
