@@ -43,10 +43,8 @@ from scaled.config import UserError
 from scaled.tools.provenance import (
     add_output_options,
     checkout_root,
-    docs_file,
     environment,
-    provenance_line,
-    replace_section,
+    publish_results,
     run_or_publish,
 )
 
@@ -327,29 +325,18 @@ def _tag(result: dict[str, Any]) -> str:
     return "quick" if result["quick"] else f"{result['batches']}_batches"
 
 
-def publish(result: dict[str, Any], out: Path, notes: str = "") -> None:
-    """Copy ``gradvar.json`` from ``out`` into docs/results/ (as ``gradvar_<budget>.json``),
-    draw its figure there and rewrite the ``gradvar`` section of docs/results.md from the JSON
-    files there (the table is generated, never typed in)."""
-    import shutil
-
-    results = checkout_root() / "docs" / "results"
-    tag = _tag(result)
-    shutil.copyfile(out / "gradvar.json", results / f"gradvar_{tag}.json")
-    plot(result, results / f"gradvar_{tag}.png")  # re-drawn from the JSON
-    parts = ["### Gradient variance on the digits network (`scaled/tools/gradvar.py`)", ""]
-    for path in sorted(results.glob("gradvar_*.json")):
-        r = json.loads(path.read_text())
-        parts += [
-            f"Command: `{r['command']}` ({_tag(r)}; {r['elapsed_seconds'] / 60:.1f} min)  ",
-            f"Measured on: {provenance_line(r)}.",
-            "",
-            markdown_table(r),
-            "",
-            f"![gradvar {_tag(r)}](results/{path.stem}.png)",
-            "",
-        ]
-    replace_section(docs_file(), "gradvar", "\n".join(parts))
+def publish(result: dict[str, Any], out: Path) -> None:
+    """Put ``out/gradvar.json`` and its figure into docs/results/ and rewrite the ``gradvar``
+    section of docs/results.md (`provenance.publish_results`)."""
+    publish_results(
+        "gradvar",
+        "### Gradient variance on the digits network (`scaled/tools/gradvar.py`)",
+        result,
+        out,
+        tag=_tag,
+        plot=plot,
+        table=markdown_table,
+    )
 
 
 if __name__ == "__main__":

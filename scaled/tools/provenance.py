@@ -164,3 +164,28 @@ def run_or_publish(args, name: str, command, publish, table) -> int:
     if args.write_docs:
         publish(result, args.output_dir)
     return 0
+
+
+def publish_results(name: str, heading: str, result: dict, out: Path, *, tag, plot, table):
+    """Copy ``out/NAME.json`` into docs/results/ as ``NAME_<tag>.json``, draw its figure there
+    and rewrite the NAME section of docs/results.md from every ``NAME_*.json`` there (the tables
+    are generated from the JSON, never typed in). `tag(result)` names a result's budget."""
+    import json
+    import shutil
+
+    results = checkout_root() / "docs" / "results"
+    shutil.copyfile(out / f"{name}.json", results / f"{name}_{tag(result)}.json")
+    plot(result, results / f"{name}_{tag(result)}.png")  # re-drawn from the JSON
+    parts = [heading, ""]
+    for path in sorted(results.glob(f"{name}_*.json")):
+        r = json.loads(path.read_text())
+        parts += [
+            f"Command: `{r['command']}` ({tag(r)}; {r['elapsed_seconds'] / 60:.1f} min)  ",
+            f"Measured on: {provenance_line(r)}.",
+            "",
+            table(r),
+            "",
+            f"![{name} {tag(r)}](results/{path.stem}.png)",
+            "",
+        ]
+    replace_section(docs_file(), name, "\n".join(parts))

@@ -36,10 +36,8 @@ from scaled.config import UserError
 from scaled.tools.provenance import (
     add_output_options,
     checkout_root,
-    docs_file,
     environment,
-    provenance_line,
-    replace_section,
+    publish_results,
     run_or_publish,
 )
 
@@ -335,29 +333,18 @@ def _tag(result: dict[str, Any]) -> str:
     return f"{result['budget'].replace(' ', '_')}_{result['steps']}"
 
 
-def publish(result: dict[str, Any], out: Path, notes: str = "") -> None:
-    """Copy ``signature.json`` from ``out`` into docs/results/ (as ``signature_<budget>.json``),
-    draw its figure there and rewrite the ``signature`` section of docs/results.md from the JSON
-    files there (the table is generated, never typed in)."""
-    import shutil
-
-    results = checkout_root() / "docs" / "results"
-    tag = _tag(result)
-    shutil.copyfile(out / "signature.json", results / f"signature_{tag}.json")
-    plot(result, results / f"signature_{tag}.png")  # re-drawn from the JSON
-    parts = ["### MINC's signature on the digits: ordering and decorrelation of `Cbar`", ""]
-    for path in sorted(results.glob("signature_*.json")):
-        r = json.loads(path.read_text())
-        parts += [
-            f"Command: `{r['command']}` ({_tag(r)}; {r['elapsed_seconds'] / 60:.1f} min)  ",
-            f"Measured on: {provenance_line(r)}.",
-            "",
-            markdown_table(r),
-            "",
-            f"![signature {_tag(r)}](results/{path.stem}.png)",
-            "",
-        ]
-    replace_section(docs_file(), "signature", "\n".join(parts))
+def publish(result: dict[str, Any], out: Path) -> None:
+    """Put ``out/signature.json`` and its figure into docs/results/ and rewrite the ``signature``
+    section of docs/results.md (`provenance.publish_results`)."""
+    publish_results(
+        "signature",
+        "### MINC's signature on the digits: ordering and decorrelation of `Cbar`",
+        result,
+        out,
+        tag=_tag,
+        plot=plot,
+        table=markdown_table,
+    )
 
 
 if __name__ == "__main__":
