@@ -80,8 +80,8 @@ def test_grayscale_solarize_flip_blur_equal_torchvision(photos):
         torch.testing.assert_close(blurred[i], ref, **tol("float32"))
         pil_blur = as_float([TF.gaussian_blur(im, [7, 7], [s, s])])[0]
         torch.testing.assert_close(blurred[i], pil_blur, **tol("uint8"))
-        flipped = TF.pil_to_tensor(TF.hflip(im))  # the CPU stage flips with PIL, on uint8
-        assert torch.equal(flipped, TF.pil_to_tensor(im).flip(-1))
+        flipped = TF.pil_to_tensor(TF.hflip(im))  # the reference flips PIL images, the CPU
+        assert torch.equal(flipped, TF.pil_to_tensor(im).flip(-1))  # stage uint8 tensors
 
 
 def test_color_jitter_applies_each_samples_order(photos):

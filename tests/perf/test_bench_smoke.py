@@ -54,7 +54,7 @@ def test_loader_quick_times_both_cpu_pipelines_and_the_device_stage(tmp_path: Pa
     argv = ["loader", "--quick", "--device", "cpu", "--image-size", "64", "--output-dir"]
     assert cli.main([*argv, str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "loader.json").read_text())
-    assert set(payload["per_core"]) == {"torch", "device", "decode"}
+    assert set(payload["per_core"]) == {"torch", "device", "decode", "decode_tv"}
     assert all(v > 0 for v in payload["per_core"].values())
     assert payload["device_stage"]["ms_per_batch"] > 0 and payload["device_stage"]["batch"] == 8
     assert {r["loader"] for r in payload["dataloader"]} == {"torch", "device"}

@@ -1,0 +1,108 @@
+"""The two-stage path's CPU stage against the reference path's PIL ops.
+
+`DecodedFiles` (torchvision's JPEG decoder) gives the pixels `ImageFiles` (PIL) gives, for every
+JPEG colour mode and for the formats it hands to PIL, and fails the way it does; `TwoStageView`
+cuts the reference path's crop box and flip and resizes within one level of PIL's resize
+(`uint8_resize` row of reference/tolerances.py) for both interpolations, up- and downscaling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
+
+from reference.tolerances import tol
+from scaled.augment import RECIPES
+from scaled.data import RATIO, DecodedFiles, ImageFiles, TwoStageView
+from scaled.tools.bench.loader import write_jpeg_folder
+from tests.faults.test_run_survival import decompression_bomb_png
+
+
+def photo(size=(120, 90), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, size=(size[1] // 10 + 1, size[0] // 10 + 1, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(low).resize(size, Image.BICUBIC), dtype=np.int16)
+    noisy = base + rng.integers(-20, 21, size=base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def files(tmp_path) -> list[tuple[str, int]]:
+    """One file per kind the decoders meet: RGB, grayscale and CMYK JPEGs, RGBA and 16-bit PNGs."""
+    im = photo()
+    out = {
+        "rgb.jpg": im,
+        "gray.jpg": im.convert("L"),
+        "cmyk.jpg": im.convert("CMYK"),
+        "rgba.png": im.convert("RGBA"),
+        "i16.png": Image.fromarray(np.asarray(im.convert("L"), dtype=np.uint16) * 257),
+    }
+    paths = []
+    for name, img in out.items():
+        img.save(tmp_path / name, **({"quality": 90} if name.endswith(".jpg") else {}))
+        paths.append((str(tmp_path / name), 0))
+    return paths
+
+
+def test_decoded_files_give_the_pixels_pil_gives(tmp_path):
+    samples = files(tmp_path)
+    assert Image.open(samples[-1][0]).mode.startswith("I")  # the 16-bit case is one
+    fast, ref = DecodedFiles(samples), ImageFiles(samples)
+    for i, (path, _) in enumerate(samples):
+        got, want = fast.load(i)[0], TF.pil_to_tensor(ref.load(i)[0])
+        assert got.dtype == torch.uint8 and got.shape == (3, 90, 120), path
+        assert torch.equal(got, want), path
+
+
+def test_decoded_files_fail_as_pil_does(tmp_path):
+    good = tmp_path / "good.jpg"
+    photo().save(good, quality=90)
+    truncated, garbage, bomb = tmp_path / "cut.jpg", tmp_path / "junk.jpg", tmp_path / "big.png"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # header intact
+    garbage.write_bytes(b"not an image at all")
+    decompression_bomb_png(bomb)
+    src = DecodedFiles([(str(p), 0) for p in (truncated, garbage, bomb)])
+    with pytest.raises(ValueError, match="truncated") as err:
+        src.load(0)
+    assert "\n" not in str(err.value) and ".cpp" not in str(err.value)  # one readable line
+    with pytest.raises(UnidentifiedImageError):
+        src.load(1)
+    with pytest.raises(ValueError, match="exceeds limit"):
+        src.load(2)
+
+
+def pil_crop_and_flip(img: Image.Image, view: TwoStageView, seed: int) -> torch.Tensor:
+    """The reference path's RandomResizedCrop + RandomHorizontalFlip with the same draws."""
+    torch.manual_seed(seed)
+    i, j, h, w = T.RandomResizedCrop.get_params(img, view.scale, RATIO)
+    out = TF.resized_crop(img, i, j, h, w, [view.size] * 2, view.interpolation, antialias=True)
+    if torch.rand(1) < view.recipe.flip_p:
+        out = TF.hflip(out)
+    return TF.pil_to_tensor(out)
+
+
+@pytest.mark.parametrize("augment", ["byol", "simsiam"])  # bicubic, bilinear
+def test_cpu_stage_crop_and_resize_match_pil(tmp_path, augment):
+    """Same crop box and flip as the PIL path; pixels within the `uint8_resize` row, almost all
+    within one level, most equal. Scale 0.08-1 of a 500x375 photo to 224 px upscales small crops
+    and downscales large ones."""
+    write_jpeg_folder(tmp_path, 1, seed=3)
+    img = Image.open(next(tmp_path.rglob("*.jpg"))).convert("RGB")
+    pixels = TF.pil_to_tensor(img)
+    view = TwoStageView(RECIPES[augment][0], 224, 0.08)
+    differ, beyond_one = [], []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        got = view(pixels)["pixels"]
+        want = pil_crop_and_flip(img, view, seed)
+        torch.testing.assert_close(got.float() / 255, want.float() / 255, **tol("uint8_resize"))
+        levels = (got.int() - want.int()).abs()
+        differ.append((levels > 0).float().mean().item())
+        beyond_one.append((levels > 1).float().mean().item())
+    assert np.mean(differ) < 0.05 and max(beyond_one) < 1e-3, (differ, beyond_one)
+    torch.manual_seed(0)
+    other = view(pixels)["pixels"].float() / 255
+    assert (other - pil_crop_and_flip(img, view, 1).float() / 255).abs().max() > 0.1  # can fail
