@@ -24,11 +24,11 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
 Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
-3 digits seeds x 300 optimiser steps of batch 256 (the demo's recipe and length, past early
-training) per setting, about 90 single-process digits runs: about 5 h on an idle 2-core
-machine, an estimate from the demo's 98 s of 2-process pretraining (about 3 min for one
-single-process run with its probe), not a measurement. ``minc_vs_spectral`` alone is 9 of them
-(about 35 min). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
+3 digits seeds x 750 optimiser steps of batch 256 (the demo's recipe and length, past early
+training) per setting, about 90 single-process digits runs: about 4 h on an idle 2-core
+machine (about 2.5 min a run with its probe: an estimate from the demo's 140 s of pretraining).
+``minc_vs_spectral`` alone is 9 of them and ``baselines`` 18 (docs/results.md records the
+minutes each took). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
 docs table records the budget it was run at.
 """
 
@@ -290,7 +290,7 @@ class DigitsBudget:
     """Model size and step budget of the digits problem: preset ``demo`` (its optimiser, lr,
     feature normalisation, width and projector) with fewer steps per run."""
 
-    steps: int = 300  # the demo's: 20 epochs of 15 steps
+    steps: int = 750  # the demo's: 50 epochs of 15 steps
     batch_size: int = 256
     probe_train: int = 4000
     probe_test: int = 1000
@@ -825,7 +825,7 @@ def publish(names: Sequence[str], out: Path) -> None:
 def make_budget(
     quick: bool, seeds: int | None, digits_seeds: int | None, digits_steps: int | None = None
 ) -> Budget:
-    """Full (3 graph seeds, 3 digits seeds of the demo's 300 steps) or quick (1 seed each, tiny
+    """Full (3 graph seeds, 3 digits seeds of the demo's 750 steps) or quick (1 seed each, tiny
     budgets); ``digits_steps`` shortens (or lengthens) every digits run."""
     n = seeds if seeds is not None else (1 if quick else 3)
     nd = digits_seeds if digits_seeds is not None else (1 if quick else 3)
@@ -859,7 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--digits-steps",
         type=int,
         default=None,
-        help="optimiser steps of each digits run (default 300, the demo's; fewer = a reduced "
+        help="optimiser steps of each digits run (default 750, the demo's; fewer = a reduced "
         "budget, recorded in the JSON and the docs)",
     )
     parser.add_argument(

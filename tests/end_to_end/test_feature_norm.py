@@ -32,5 +32,5 @@ def test_normalized_features_pass_gradients_and_ignore_scale():
 
 
 def test_feature_norm_option_reaches_the_config():
-    assert parse_config(["--preset", "demo"]).feature_norm == 1.0
+    assert parse_config(["--preset", "demo"]).feature_norm == 4.0
     assert parse_config(["--preset", "demo", "--feature-norm", "0"]).feature_norm == 0.0
