@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from scaled.config import UserError
+from scaled.config import METHOD_TABLE, UserError
 from scaled.tools.provenance import (
     add_output_options,
     checkout_root,
@@ -158,6 +158,10 @@ def existing_run(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{run_dir} has no checkpoint; pass the folder of a finished run")
     first = load_checkpoint(ckpts[-1])
     cfg = first["config"]
+    if not METHOD_TABLE[cfg["method"]].cbar:
+        raise UserError(
+            f"{run_dir} is a {cfg['method']} run, which keeps no Cbar; pass MINC-family runs"
+        )
     setting = {
         "method": cfg["method"],
         "feature_norm": float(cfg["feature_norm"]),

@@ -117,3 +117,17 @@ def test_signature_quick_run_reads_cbar_from_its_checkpoints(tmp_path):
         assert all(0.0 <= r["offdiag_rel"] <= 1.0 for r in run["trajectory"])
         assert len(run["final_diag"]) == run["setting"]["proj_out"]
     assert (tmp_path / "signature.png").stat().st_size > 0
+
+
+def test_signature_refuses_a_run_without_cbar(tmp_path, capsys):
+    """A SimCLR run keeps no Cbar: a one-line error, not a row of NaNs."""
+    from scaled.pretrain import main as pretrain
+
+    run = tmp_path / "simclr"
+    argv = ["--preset", "demo", "--max-steps", "1", "--batch-size", "16", "--device", "cpu"]
+    assert pretrain([*argv, "--method", "simclr", "--output-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert signature.main(["--runs", str(run), "--output-dir", str(tmp_path / "sig")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "simclr run, which keeps no Cbar" in err
+    assert err.count("\n") == 1
