@@ -25,10 +25,10 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 
 Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
 3 digits seeds x 750 optimiser steps of batch 256 (the demo's recipe and length, past early
-training) per setting, about 90 single-process digits runs: about 4 h on an idle 2-core
-machine (about 2.5 min a run with its probe: an estimate from the demo's 140 s of pretraining).
-``minc_vs_spectral`` alone is 9 of them and ``baselines`` 18 (docs/results.md records the
-minutes each took). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
+training) per setting, about 90 single-process digits runs: about 9 h on an idle 2-core
+machine (an estimate: one run with its probe took 4-7 min there). ``minc_vs_spectral`` alone
+is 9 of them (35 min measured) and ``baselines`` 18 (docs/results.md records the minutes each
+took). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
 docs table records the budget it was run at.
 """
 
