@@ -206,6 +206,12 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(f"time: pretraining {t_pre:.0f} s, total {t_all:.0f} s")
     line = verdict(rows)
     print(line)
+    if "NOT met" in line:
+        print(
+            "what was tried, other methods with this recipe included: docs/results.md, \"The "
+            "recipe search behind the demo\"; the pairwise loss with the same recipe: "
+            'make demo ARGS="--method spectral"'
+        )
     picture = report(run_dir)
     print(f"report: {picture}")
     result = {
