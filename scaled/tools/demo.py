@@ -208,8 +208,8 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(line)
     if "NOT met" in line:
         print(
-            "what was tried, other methods with this recipe included: docs/results.md, \"The "
-            "recipe search behind the demo\"; the pairwise loss with the same recipe: "
+            'what was tried, other methods with this recipe included: docs/results.md, "The '
+            'recipe search behind the demo"; the pairwise loss with the same recipe: '
             'make demo ARGS="--method spectral"'
         )
     picture = report(run_dir)
