@@ -210,7 +210,7 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         print(
             'what was tried, other methods with this recipe included: docs/results.md, "The '
             'recipe search behind the demo"; the pairwise loss with the same recipe: '
-            'make demo ARGS="--method spectral"'
+            'make demo RUN=runs/demo_spectral ARGS="--method spectral"'
         )
     picture = report(run_dir)
     print(f"report: {picture}")
