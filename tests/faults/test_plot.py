@@ -109,7 +109,9 @@ def _fake_checkpointed_run(run_dir: Path) -> None:
     from scaled.model import SSLModel
 
     _fake_run(run_dir)
-    cfg = dataclasses.replace(demo(), width=8, proj_out=8, proj_hidden=32, output_dir=str(run_dir))
+    cfg = dataclasses.replace(
+        demo(), width=8, proj_out=8, proj_hidden=32, feature_norm=1.0, output_dir=str(run_dir)
+    )
     torch.manual_seed(0)
     model = SSLModel(cfg, 1, 10)
     model.Cbar.copy_(torch.diag(torch.linspace(1.0, 0.1, 8)))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -376,7 +377,7 @@ def test_resume_accepts_a_run_folder(tmp_path, capsys, image_root, two_step_run)
 def test_world_size_change_states_both_runs_batches():
     """Edge: the resume line used the new --batch-size for the old run and ignored
     --accum-steps."""
-    cfg = demo()  # global batch 256
+    cfg = replace(demo(), batch_size=256)  # global batch 256
     old = {"world_size": 8, "config": {"batch_size": 256, "accum_steps": 2}}
     line = world_size_change(old, cfg, 2)
     assert line == (
