@@ -35,6 +35,19 @@ def test_views_depend_only_on_seed_epoch_index():
     assert not torch.equal(ds[(2, 7)][0], a[0])  # a new epoch, new views
 
 
+def test_batched_digit_views_equal_per_sample_views():
+    """`__getitems__` (one grid_sample per batch, what the DataLoader calls) gives the views,
+    labels and indices of `__getitem__` bit for bit, and leaves the global RNG alone."""
+    ds, _, _ = pretrain_dataset(demo())
+    items = [(3, i) for i in (0, 5, 17, 3999, 42)]
+    state = torch.get_rng_state()
+    batched = ds.__getitems__(items)
+    assert torch.equal(torch.get_rng_state(), state)
+    for got, want in zip(batched, (ds[item] for item in items), strict=True):
+        assert got[2:] == want[2:]
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # bit for bit
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         scan_image_folder(tmp_path / "missing", "train")
