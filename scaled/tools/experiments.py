@@ -24,12 +24,11 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
 Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
-3 digits seeds x 750 optimiser steps of batch 256 (the demo's recipe and length, past early
-training) per setting, about 90 single-process digits runs: about 9 h on an idle 2-core
-machine (an estimate: one run with its probe took 4-7 min there). ``minc_vs_spectral`` alone
-is 9 of them (35 min measured) and ``baselines`` 18 (docs/results.md records the minutes each
-took). ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and
-docs table records the budget it was run at.
+3 digits seeds x 1000 optimiser steps of the demo's batch (64) and recipe per setting (past
+early training: about 16 epochs), about 90 single-process digits runs of roughly 1.5 min each
+(the batch-256 rows of ``batch_size``: 4 times that): about 3 h on an idle 2-core machine, an
+estimate. ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and docs
+table records the budget it was run at (docs/results.md records the minutes each took).
 """
 
 from __future__ import annotations
@@ -290,8 +289,8 @@ class DigitsBudget:
     """Model size and step budget of the digits problem: preset ``demo`` (its optimiser, lr,
     feature normalisation, width and projector) with fewer steps per run."""
 
-    steps: int = 750  # the demo's: 50 epochs of 15 steps
-    batch_size: int = 256
+    steps: int = 1000  # 16 epochs of the demo's batch (the demo itself: 3100 steps, 50 epochs)
+    batch_size: int = 64  # the demo preset's (tests/experiments checks that they agree)
     probe_train: int = 4000
     probe_test: int = 1000
     probe_epochs: int = 100
@@ -498,9 +497,10 @@ def batch_size_experiment(budget: Budget) -> list[Row]:
     """MINC vs the pairwise spectral loss at several batch sizes, same number of steps.
 
     Graph: B in {32, 64, 128, 256, 512}, 1000 steps, 3 seeds (about 5 min on 2 shared cores;
-    the pairwise B x B term dominates at B = 512). Digits: B in {64, 256}, 120 steps each, 1 seed
-    (about 4 min). The paper's claim: MINC beats spectral at every batch size, and its advantage
-    comes from the lower variance of the non-contrastive estimator.
+    the pairwise B x B term dominates at B = 512). Digits: B in {64, 256}, the budget's steps and
+    seeds (a batch-256 run costs 4 times a batch-64 one). The paper's claim: MINC beats
+    spectral at every batch size, and its advantage comes from the lower variance of the
+    non-contrastive estimator.
     """
     sizes = (32, 128) if budget.quick else (32, 64, 128, 256, 512)
     digit_sizes = (32,) if budget.quick else (64, 256)
@@ -537,7 +537,7 @@ def alpha_experiment(budget: Budget) -> list[Row]:
     """The alpha family (Eq. 18, 21) at aux EMA 0 on the digits, alpha in {1.25, 1.5, 2, 3}.
 
     Digits only: on a graph the optimum of alpha != 2 is not the spectral embedding, so there is
-    no closed form to measure against. 4 runs, 120 steps each (about 5 min on 2 cores).
+    no closed form to measure against. 4 settings x the budget's seeds and steps.
     Paper (Fig. 1): alpha = 2 best, 1.5 close, 1.25 and 3 much worse.
     """
     alphas = (1.5, 2.0) if budget.quick else (1.25, 1.5, 2.0, 3.0)
@@ -561,7 +561,7 @@ def gha_target_experiment(budget: Budget) -> list[Row]:
 
     Graph: MINC table, tau = 0.99 (on) or 0 (off), 3 seeds, 1000 steps (about 1 min). Digits:
     ``--method minc`` / ``noncontrastive`` x ``--target-network`` / ``--no-target-network``,
-    120 steps each (about 5 min). Collapse shows as a low effective rank; on the graph without GHA
+    the budget's seeds and steps. Collapse shows as a low effective rank; on the graph without GHA
     the span may be right while the ordered columns are not (Eq. 13).
     """
     settings = [{"gha": g, "target": t} for g in (True, False) for t in (True, False)]
@@ -585,7 +585,7 @@ def gha_target_experiment(budget: Budget) -> list[Row]:
 def aux_ema_experiment(budget: Budget) -> list[Row]:
     """MINC with auxiliary EMA beta in {0, 0.5, 0.8, 0.9, 0.99} (Eq. 15, Fig. 3).
 
-    Graph: 3 seeds, 1000 steps (about 1 min). Digits: 120 steps each (about 6 min). Paper: any
+    Graph: 3 seeds, 1000 steps (about 1 min). Digits: the budget's seeds and steps. Paper: any
     beta > 0 beats 0, 0.8 best.
     """
     betas = (0.0, 0.8) if budget.quick else (0.0, 0.5, 0.8, 0.9, 0.99)
@@ -601,7 +601,7 @@ def aux_ema_experiment(budget: Budget) -> list[Row]:
 def baselines_experiment(budget: Budget) -> list[Row]:
     """SimCLR, BYOL (MLP predictor), Linear BYOL and MINC on the digits, same steps and batch.
 
-    Plus the untrained encoder (random init) as the floor. 5 runs of 120 steps (about 5 min).
+    Plus the untrained encoder (random init) as the floor; the budget's seeds and steps.
     Paper: MINC beats SimCLR and is competitive with Linear BYOL.
     """
     methods = (
@@ -825,7 +825,7 @@ def publish(names: Sequence[str], out: Path) -> None:
 def make_budget(
     quick: bool, seeds: int | None, digits_seeds: int | None, digits_steps: int | None = None
 ) -> Budget:
-    """Full (3 graph seeds, 3 digits seeds of the demo's 750 steps) or quick (1 seed each, tiny
+    """Full (3 graph seeds, 3 digits seeds of 1000 steps) or quick (1 seed each, tiny
     budgets); ``digits_steps`` shortens (or lengthens) every digits run."""
     n = seeds if seeds is not None else (1 if quick else 3)
     nd = digits_seeds if digits_seeds is not None else (1 if quick else 3)
@@ -859,8 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--digits-steps",
         type=int,
         default=None,
-        help="optimiser steps of each digits run (default 750, the demo's; fewer = a reduced "
-        "budget, recorded in the JSON and the docs)",
+        help="optimiser steps of each digits run (default 1000: about 16 epochs of the demo's "
+        "batch 64; fewer = a reduced budget, recorded in the JSON and the docs)",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=Path("runs/experiments"), help="(runs/experiments)"

@@ -172,3 +172,17 @@ def test_every_full_budget_setting_builds_a_valid_config(monkeypatch, tmp_path):
         rows = ex.EXPERIMENTS[name](budget)
         assert rows, name
     assert {c.method for c in built} >= {"minc", "spectral", "alpha", "simclr", "byol"}
+
+
+def test_digits_budget_uses_the_demo_batch():
+    """The ablations run the demo's recipe: its batch, and its optimiser through `digits_config`."""
+    from scaled.config import demo
+
+    assert ex.DigitsBudget().batch_size == demo().batch_size
+    cfg = ex.digits_config(ex.DigitsBudget(), seed=1, output_dir="unused")
+    assert (cfg.optimizer, cfg.lr, cfg.feature_norm) == (
+        demo().optimizer,
+        demo().lr,
+        demo().feature_norm,
+    )
+    assert cfg.max_steps == ex.DigitsBudget().steps
