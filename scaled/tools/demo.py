@@ -208,9 +208,9 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(line)
     if "NOT met" in line:
         print(
-            'what was tried, other methods with this recipe included: docs/results.md, "The '
-            'recipe search behind the demo"; the pairwise loss with the same recipe: '
-            'make demo RUN=runs/demo_spectral ARGS="--method spectral"'
+            "no recipe or method tried reached the kNN goal on every seed (spectral and SimCLR "
+            'included): docs/results.md, "The recipe search behind the demo"; to compare the '
+            'pairwise loss yourself: make demo RUN=runs/demo_spectral ARGS="--method spectral"'
         )
     picture = report(run_dir)
     print(f"report: {picture}")
