@@ -362,9 +362,6 @@ class RandomDigitWarp:
         grid = nnf.affine_grid(thetas, list(x.shape), align_corners=False)
         return nnf.grid_sample(x, grid, align_corners=False)
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.warp(img[None], self.draw()[None])[0]
-
 
 class DigitView:
     """Digit-suited augmentation of a uint8 (1, 28, 28) tensor: `RandomDigitWarp`, normalise.
@@ -464,8 +461,13 @@ class ViewsDataset(Dataset):
                     )
         raise UserError("no readable image in the data set; check the files under --data-dir")
 
+    @staticmethod
+    def _key(item) -> tuple[int, int]:
+        """`(epoch, index)` of a sampler item (a bare index is epoch 0)."""
+        return item if isinstance(item, tuple) else (0, item)
+
     def __getitem__(self, item):
-        epoch, index = item if isinstance(item, tuple) else (0, item)
+        epoch, index = self._key(item)
         img, label, skipped = self._load(index)
         views = self._seeded(epoch, index, lambda: [t(img) for t in self.transforms])
         return (*views, label, index, skipped)
@@ -485,7 +487,7 @@ class ViewsDataset(Dataset):
         the same views, several times faster. Other transforms go sample by sample."""
         if not all(hasattr(t, "apply") for t in self.transforms):
             return [self[item] for item in items]
-        keys = [item if isinstance(item, tuple) else (0, item) for item in items]
+        keys = [self._key(item) for item in items]
         loaded = [self._load(index) for _, index in keys]
         drawn = [
             self._seeded(epoch, index, lambda: [t.draw() for t in self.transforms])

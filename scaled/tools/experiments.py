@@ -45,13 +45,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scaled.config import UserError
+from scaled.config import UserError, demo, validate
 from scaled.tools.provenance import (
     checkout_root,
     environment,
@@ -290,14 +290,12 @@ class DigitsBudget:
     feature normalisation, width and projector) with fewer steps per run."""
 
     steps: int = 1000  # 16 epochs of the demo's batch (the demo itself: 3100 steps, 50 epochs)
-    batch_size: int = 64  # the demo preset's (tests/experiments checks that they agree)
+    batch_size: int = field(default_factory=lambda: demo().batch_size)  # the demo preset's
     probe_train: int = 4000
     probe_test: int = 1000
     probe_epochs: int = 100
 
     def to_json(self) -> dict[str, Any]:
-        from scaled.config import demo
-
         d = dict(self.__dict__)
         preset = demo()
         d["preset"] = (
@@ -321,8 +319,6 @@ def digits_config(budget: DigitsBudget, seed: int, output_dir: str, **overrides:
     ``epochs`` is chosen so that the lr / tau cosine ends at ``steps`` (no truncated schedule);
     warm-up is 10% of it. The online probe is off (it is not part of any method).
     """
-    from scaled.config import demo, validate
-
     batch_size = int(overrides.pop("batch_size", budget.batch_size))
     n_train = demo().n_train
     epochs = max(1, math.ceil(budget.steps * batch_size / n_train))
@@ -541,8 +537,6 @@ def alpha_experiment(budget: Budget) -> list[Row]:
     Paper (Fig. 1): alpha = 2 best, 1.5 close, 1.25 and 3 much worse.
     """
     alphas = (1.5, 2.0) if budget.quick else (1.25, 1.5, 2.0, 3.0)
-    from scaled.config import demo
-
     k = demo().proj_out  # the digits runs use the demo preset's projector
     settings = []
     for a in alphas:
