@@ -215,6 +215,13 @@ class PretrainConfig:
             "simsiam 0.2; embedded digits 0.5)"
         },
     )
+    digit_stroke: float = field(
+        default=0.0,
+        metadata={
+            "help": "embedded digits: random stroke thickness, the largest blend of a 3x3 "
+            "dilation (erosion: half of it); 0: off (ImageFolder data: not used)"
+        },
+    )
     num_workers: int = field(default=8, metadata={"help": "data-loader workers per rank"})
     seed: int = field(default=0, metadata={"help": "seed of weights, data order, augmentations"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
@@ -535,6 +542,7 @@ def demo() -> PretrainConfig:
         proj_out=64,
         pred_hidden=256,
         crop_scale_min=0.5,
+        digit_stroke=1.0,  # C15: random stroke thickness (docs/results.md, "The recipe search")
         num_workers=0,
         device="cpu",
         amp="none",
@@ -659,6 +667,7 @@ FIELD_CHECKS: dict[str, tuple[Callable, str]] = {
     "temperature": (_between(1e-3, 100), "a number in [0.001, 100]"),
     "image_size": (_between(8, 4096), "an integer in 8..4096"),
     "crop_scale_min": (_between(0, 1), "a number in [0, 1] (0: the recipe's)"),
+    "digit_stroke": (_between(0, 1), "a number in [0, 1] (0: off)"),
     "num_workers": (_between(0, 256), "an integer in 0..256"),
     "seed": (_between(0, 2**32 - 1), "an integer in 0..2**32-1"),
     "device": (_one_of(("", "cpu", "cuda")), "cpu or cuda (empty: cuda if available)"),

@@ -363,31 +363,68 @@ class RandomDigitWarp:
         return nnf.grid_sample(x, grid, align_corners=False)
 
 
-class DigitView:
-    """Digit-suited augmentation of a uint8 (1, 28, 28) tensor: `RandomDigitWarp`, normalise.
+class RandomStrokeWidth:
+    """Random stroke thickness of a digit: a grey-level 3x3 dilation or erosion, blended in.
 
-    Called on one digit it draws and applies its warp; `ViewsDataset.__getitems__` instead calls
-    `draw` per sample (under each sample's seed) and `apply` once on the batch, which gives the
-    same views (one `grid_sample` for the batch instead of one per sample).
+    Handwriting varies in pen width as much as in slant, and a geometric warp cannot thicken a
+    stroke. Half the digits are thickened, x + s (dilate(x) - x) with s ~ U(0, strength); the
+    other half thinned, x + s (erode(x) - x) with s ~ U(0, strength / 2) (a full erosion erases
+    the thin strokes of a 28 px digit). dilate / erode are the 3x3 max / min filters. `draw`
+    takes two `torch.rand` draws (the sample's seed, as `RandomDigitWarp`); `apply` acts on a
+    batch. Choice C15 in docs/derivation.md.
     """
 
-    def __init__(self, scale_min: float = 0.5) -> None:
+    def __init__(self, strength: float = 1.0) -> None:
+        self.strength = strength
+
+    def draw(self) -> float:
+        """One digit's signed blend: s > 0 thickens by s, s < 0 thins by |s|."""
+        thicken, u = torch.rand(2).tolist()
+        return self.strength * u if thicken < 0.5 else -0.5 * self.strength * u
+
+    @staticmethod
+    def apply(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Float (B, 1, H, W) digits in [0, 1], (B,) signed blends -> the re-stroked digits."""
+        dilated = nnf.max_pool2d(x, 3, stride=1, padding=1)
+        eroded = -nnf.max_pool2d(-x, 3, stride=1, padding=1)
+        s = s.view(-1, 1, 1, 1)
+        return x + s.clamp(min=0) * (dilated - x) + (-s).clamp(min=0) * (eroded - x)
+
+
+class DigitView:
+    """Digit-suited augmentation of a uint8 (1, 28, 28) tensor: `RandomDigitWarp`, then (when
+    `stroke` > 0) `RandomStrokeWidth`, then normalise.
+
+    Called on one digit it draws and applies its view; `ViewsDataset.__getitems__` instead calls
+    `draw` per sample (under each sample's seed) and `apply` once on the batch, which gives the
+    same views (one `grid_sample` and two 3x3 max-pools for the batch instead of one per sample).
+    A drawn view is one vector: the warp's six affine entries, then the stroke blend if any.
+    """
+
+    def __init__(self, scale_min: float = 0.5, stroke: float = 0.0) -> None:
         self.warper = RandomDigitWarp(scale_min)
+        self.stroke = RandomStrokeWidth(stroke) if stroke > 0 else None
         self.normalize = T.Normalize(DIGITS_MEAN, DIGITS_STD)
 
     def draw(self) -> torch.Tensor:
-        return self.warper.draw()
+        theta = self.warper.draw().flatten()
+        if self.stroke is None:  # no extra draws: the views of runs before the stroke option
+            return theta
+        return torch.cat([theta, torch.tensor([self.stroke.draw()])])
 
-    def apply(self, images: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.warper.warp(images, thetas))
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        x = self.warper.warp(images, params[:, :6].reshape(-1, 2, 3))
+        if self.stroke is not None:
+            x = self.stroke.apply(x, params[:, 6])
+        return self.normalize(x)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return self.apply(img[None], self.draw()[None])[0]
 
 
-def digit_transform(scale_min: float = 0.5) -> DigitView:
+def digit_transform(scale_min: float = 0.5, stroke: float = 0.0) -> DigitView:
     """The digits' augmentation of one view (`DigitView`)."""
-    return DigitView(scale_min)
+    return DigitView(scale_min, stroke)
 
 
 def eval_transform(size: int) -> Callable:
@@ -567,7 +604,7 @@ def pretrain_dataset(
             "pass --data-dir ROOT or --loader auto"
         )
     images, labels = embedded_digits(split, cfg.n_train)
-    t = digit_transform(scale)
+    t = digit_transform(scale, cfg.digit_stroke)
     return ViewsDataset(TensorImages(images, labels), (t, t), cfg.seed), 1, 10
 
 

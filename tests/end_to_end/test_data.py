@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from scaled.config import UserError, demo
-from scaled.data import GlobalBatchSampler, pretrain_dataset, scan_image_folder
+from scaled.data import (
+    DigitView,
+    GlobalBatchSampler,
+    RandomDigitWarp,
+    RandomStrokeWidth,
+    pretrain_dataset,
+    scan_image_folder,
+)
 
 from .helpers import make_image_folder
 
@@ -46,6 +53,55 @@ def test_batched_digit_views_equal_per_sample_views():
     for got, want in zip(batched, (ds[item] for item in items), strict=True):
         assert got[2:] == want[2:]
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # bit for bit
+
+
+def _filter3x3(x: torch.Tensor, pick) -> torch.Tensor:
+    """Each pixel's 3x3 neighbourhood (inside the image) reduced by `pick`, by explicit loops."""
+    out = torch.empty_like(x)
+    h, w = x.shape[-2:]
+    for i in range(h):
+        for j in range(w):
+            patch = x[..., max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2]
+            out[..., i, j] = pick(patch.flatten(-2), -1).values
+    return out
+
+
+def test_stroke_width_is_the_blend_of_a_3x3_dilation_or_erosion():
+    """`RandomStrokeWidth.apply` = x + s (max3x3(x) - x) for s > 0 and x + |s| (min3x3(x) - x)
+    for s < 0, the filters written out pixel by pixel; s = 0 leaves the digit as it is."""
+    ds, _, _ = pretrain_dataset(replace(demo(), digit_stroke=0.0))
+    x = ds.source.load(0)[0][None].double().div(255).repeat(3, 1, 1, 1)
+    s = torch.tensor([0.7, -0.3, 0.0], dtype=torch.float64)
+    got = RandomStrokeWidth.apply(x, s)
+    dilated, eroded = _filter3x3(x, torch.max), _filter3x3(x, torch.min)
+    assert torch.allclose(got[0], x[0] + 0.7 * (dilated[0] - x[0]), rtol=0, atol=1e-15)
+    assert torch.allclose(got[1], x[1] + 0.3 * (eroded[1] - x[1]), rtol=0, atol=1e-15)
+    assert torch.equal(got[2], x[2])
+    assert got[0].sum() > x[0].sum() > got[1].sum()  # thicker, thinner: ink added, removed
+
+
+def test_stroke_draws_thicken_half_the_digits_within_their_ranges():
+    torch.manual_seed(0)
+    s = torch.tensor([RandomStrokeWidth(0.8).draw() for _ in range(2000)])
+    thick = s > 0
+    assert 0.45 < thick.float().mean() < 0.55  # binomial sd 0.011: 4.5 sd either side
+    assert s.max() <= 0.8 and s.min() >= -0.4
+    assert 0.37 < s[thick].mean() < 0.43 and -0.215 < s[~thick].mean() < -0.185  # U means
+
+
+def test_stroke_off_keeps_the_warp_only_views():
+    """`digit_stroke` 0 draws and applies the warp alone: the views of runs made before the
+    option existed (six draws per view, nothing more taken from the generator)."""
+    torch.manual_seed(5)
+    want = RandomDigitWarp(0.5).draw().flatten()
+    after_want = torch.rand(1)
+    torch.manual_seed(5)
+    got = DigitView(0.5, stroke=0.0).draw()
+    assert torch.equal(got, want) and torch.equal(torch.rand(1), after_want)
+    ds_on, _, _ = pretrain_dataset(demo())
+    ds_off, _, _ = pretrain_dataset(replace(demo(), digit_stroke=0.0))
+    assert demo().digit_stroke > 0
+    assert not torch.equal(ds_on[(0, 3)][0], ds_off[(0, 3)][0])
 
 
 def test_image_folder_errors(tmp_path):

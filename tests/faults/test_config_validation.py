@@ -48,6 +48,7 @@ BAD_VALUE = {
     "temperature": 0.0,
     "image_size": 0,
     "crop_scale_min": 2.0,
+    "digit_stroke": 1.5,
     "num_workers": -1,
     "seed": -1,
     "device": "tpu",
