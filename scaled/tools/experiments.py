@@ -300,8 +300,8 @@ class DigitsBudget:
         preset = demo()
         d["preset"] = (
             f"demo: small_resnet width {preset.width}, {preset.optimizer} lr {preset.lr}, "
-            f"feature_norm {preset.feature_norm}, projector {preset.proj_hidden}->{preset.proj_out}, "
-            f"digit_stroke {preset.digit_stroke}"
+            f"feature_norm {preset.feature_norm}, "
+            f"projector {preset.proj_hidden}->{preset.proj_out}, digit_stroke {preset.digit_stroke}"
         )
         d["probe"] = (
             "scaled.linear_eval fast mode (extract_features + evaluate_features) on the frozen "

@@ -9,8 +9,10 @@ the digits network (preset ``demo``, one CPU process, ``scaled.pretrain.train``)
 - ``--feature-norm``: 0 (raw projector outputs) vs the preset's sphere (Eq. 23),
 - k (``--proj-out``): the preset's 64 and a small 8, where GHA's column-by-column convergence
   is short,
-- (full budget) what may break the ordering: no target network (``phibar = sg(phi)``, no lag)
-  and a quarter of the learning rate.
+- (full budget) what may break the ordering: no target network (``phibar = sg(phi)``, no lag),
+  a quarter of the learning rate, and a BatchNorm on the projector's output (``--projector
+  simclr``: BN standardises each feature over the batch, which pulls diag(C) towards equal
+  values unless its learned scales order them).
 
 Two numbers per checkpoint: ``offdiag_rel = ||Cbar - diag(Cbar)||_F / ||Cbar||_F`` (0:
 decorrelated) and ``spearman``, the Spearman rank correlation of ``diag(Cbar)`` with the feature
@@ -41,13 +43,14 @@ from scaled.tools.provenance import (
     run_or_publish,
 )
 
-FULL = {"steps": 1500, "points": 10, "extra": True}
+FULL = {"steps": 1500, "points": 10, "extra": True}  # 14 settings
 REDUCED = {"steps": 300, "points": 6, "extra": False}
 QUICK = {"steps": 4, "points": 2, "extra": False}
 
 
 def settings(extra: bool) -> list[dict[str, Any]]:
-    """The (method, feature_norm, k) grid; ``extra`` adds target-off and lr / 4 for MINC."""
+    """The (method, feature_norm, k) grid; ``extra`` adds, for MINC, target-off and lr / 4 at
+    k = 8 and an output-BN projector at k = 64 and 8."""
     from scaled.config import demo
 
     mu = demo().feature_norm
@@ -61,6 +64,10 @@ def settings(extra: bool) -> list[dict[str, Any]]:
         for fn in (0.0, mu):
             grid.append({"method": "minc", "feature_norm": fn, "proj_out": 8, "target": False})
             grid.append({"method": "minc", "feature_norm": fn, "proj_out": 8, "lr_scale": 0.25})
+        for k in (64, 8):
+            grid.append(
+                {"method": "minc", "feature_norm": mu, "proj_out": k, "projector": "simclr"}
+            )
     return grid
 
 
@@ -90,6 +97,7 @@ def run_config(setting: dict[str, Any], steps: int, points: int, seed: int, out:
         feature_norm=setting["feature_norm"],
         proj_out=setting["proj_out"],
         target_network=setting.get("target", True),
+        projector=setting.get("projector", base.projector),
         lr=base.lr * setting.get("lr_scale", 1.0),
         epochs=epochs,
         max_steps=steps,
@@ -190,6 +198,7 @@ def label(setting: dict[str, Any]) -> str:
     """Short name of a setting for tables and legends."""
     extra = "" if setting.get("target", True) else ", no target"
     extra += f", lr x{setting['lr_scale']:g}" if "lr_scale" in setting else ""
+    extra += f", {setting['projector']} projector (output BN)" if "projector" in setting else ""
     extra += f" (run {setting['run']})" if "run" in setting else ""
     return f"{setting['method']}, fn {setting['feature_norm']:g}, k {setting['proj_out']}{extra}"
 
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget",
         default="full",
-        help="full (1500 steps, 12 settings), reduced (300 steps, 8 settings) or quick (tests)",
+        help="full (1500 steps, 14 settings), reduced (300 steps, 8 settings) or quick (tests)",
     )
     parser.add_argument("--steps", type=int, default=None, help="override the budget's steps")
     parser.add_argument("--seed", type=int, default=0)
