@@ -22,7 +22,9 @@ online parameters for three estimators, all from the same forward pass:
 
 ``phibar`` is the target network of the checkpoint (at init: a copy of the online network).
 The reported number is the relative variance ``E ||g - E g||^2 / ||E g||^2`` over the batches
-(scale-free, so the factor 2 between the spectral and the MINC gradient (Eq. 9) drops out).
+(scale-free, so the factor 2 between the spectral and the MINC gradient (Eq. 9) drops out), and
+the absolute variance in MINC-gradient units (spectral / 4). The ratios of absolute variances
+carry a 95% paired bootstrap interval over the batches (`ratio_interval`).
 Writes ``OUTPUT_DIR/gradvar.json`` and ``gradvar.png`` (relative variance vs B, log-log).
 """
 
@@ -130,6 +132,37 @@ def absolute_variance(samples: list[torch.Tensor]) -> float:
     return float(((G - G.mean(0)) ** 2).sum() / max(len(samples) - 1, 1))
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def centred_gram(samples: list[torch.Tensor]) -> np.ndarray:
+    """``K_ij = <g_i - gbar, g_j - gbar>`` of the batches' gradients (float64)."""
+    G = torch.stack(samples)
+    X = G - G.mean(0)
+    return (X @ X.T).numpy()
+
+
+def variance_from_counts(K: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``E ||g - E g||^2`` (unbiased) of the batches drawn ``counts[r, i]`` times in resample r,
+    from the Gram matrix alone: ``(sum_i c_i K_ii - c^T K c / n) / (n - 1)``, n = sum_i c_i."""
+    n = counts.sum(1)
+    quad = np.einsum("ri,ij,rj->r", counts, K, counts)
+    return (counts @ np.diag(K) - quad / n) / (n - 1)
+
+
+def ratio_interval(K_num: np.ndarray, K_den: np.ndarray, seed: int) -> list[float]:
+    """95% percentile bootstrap interval of ``var(num) / var(den)``: the batches resampled with
+    replacement, the same resample for both estimators (they share their batches: paired)."""
+    n = len(K_num)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES).astype(float)
+    den = variance_from_counts(K_den, counts)
+    spread = den > 0  # a resample of one batch drawn n times has no variance (few batches only)
+    ratios = variance_from_counts(K_num, counts)[spread] / den[spread]
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
 # The spectral gradient is twice the non-contrastive one in expectation (Eq. 9): its absolute
 # variance is divided by 2^2 to be read in the units of the MINC gradient.
 ABS_SCALE = {"spectral": 0.25, "minc_batch_C": 1.0, "minc_ema_Cbar": 1.0}
@@ -157,7 +190,18 @@ def measure(cfg, model, dataset, B: int, batches: int, burn_in: int, seed: int) 
         for name in ESTIMATORS:
             samples[name].append(grads[name])
     rel = {name: relative_variance(s) for name, s in samples.items()}
-    return {**rel, **{f"{n}_abs": ABS_SCALE[n] * absolute_variance(s) for n, s in samples.items()}}
+    grams = {name: centred_gram(s) for name, s in samples.items()}
+    intervals = {  # the ABS_SCALE factors of a ratio multiply both ends of its interval
+        f"{num}_over_ema_abs_ci": [
+            ABS_SCALE[name] * v for v in ratio_interval(grams[name], grams["minc_ema_Cbar"], seed)
+        ]
+        for num, name in (("spectral", "spectral"), ("batch_C", "minc_batch_C"))
+    }
+    return {
+        **rel,
+        **{f"{n}_abs": ABS_SCALE[n] * absolute_variance(s) for n, s in samples.items()},
+        **intervals,
+    }
 
 
 def run(checkpoint: str | None, sizes, batches: int, burn_in: int, seed: int) -> dict[str, Any]:
@@ -173,7 +217,10 @@ def run(checkpoint: str | None, sizes, batches: int, burn_in: int, seed: int) ->
         for B in sizes:
             t0 = time.perf_counter()
             result[label][str(B)] = measure(cfg, model, dataset, B, batches, burn_in, seed)
-            shown = ", ".join(f"{k} {v:.3g}" for k, v in result[label][str(B)].items())
+            shown = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else "{} {:.3g}-{:.3g}".format(k, *v)
+                for k, v in result[label][str(B)].items()
+            )
             print(f"  [{label}] B={B}: {shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return result
 
@@ -192,6 +239,7 @@ def ema_advantage(cells: dict[str, dict[str, float]]) -> dict[str, float]:
                 if "spectral_abs" in c
                 else {}
             ),
+            **{k: c[k] for k in ("spectral_over_ema_abs_ci", "batch_C_over_ema_abs_ci") if k in c},
         }
         for B, c in cells.items()
     }
@@ -199,7 +247,8 @@ def ema_advantage(cells: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """One row per (weights, B): the three relative variances, and the variance ratios to MINC
-    with the EMA ``Cbar`` (relative, and absolute in MINC-gradient units where recorded)."""
+    with the EMA ``Cbar`` (relative, and absolute in MINC-gradient units where recorded, with
+    the 95% bootstrap interval in brackets where recorded)."""
     lines = [
         "| weights | B | rel. var. spectral | MINC, batch C | MINC, EMA Cbar | spectral / EMA "
         "| batch C / EMA | abs.: spectral/4 / EMA | abs.: batch C / EMA |",
@@ -210,7 +259,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         for B, c in cells.items():
             r = ratios[B]
             a = [
-                f"{r[k]:.2f}" if k in r else "—"
+                (f"{r[k]:.2f}" if k in r else "—")
+                + (" ({:.2f}-{:.2f})".format(*r[k + "_ci"]) if k + "_ci" in r else "")
                 for k in ("spectral_over_ema_abs", "batch_C_over_ema_abs")
             ]
             lines.append(

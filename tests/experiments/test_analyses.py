@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from reference.tolerances import tol
 from scaled.tools import gradvar, signature
 
 
@@ -75,8 +76,31 @@ def test_gradvar_measures_three_finite_estimators_at_init():
     dataset = pretrain_dataset(cfg)[0]
     cells = gradvar.measure(cfg, model, dataset, B=8, batches=3, burn_in=2, seed=0)
     abs_keys = {f"{n}_abs" for n in gradvar.ESTIMATORS}
-    assert set(cells) == set(gradvar.ESTIMATORS) | abs_keys
-    assert all(math.isfinite(v) and v > 0 for v in cells.values())
+    ci_keys = {"spectral_over_ema_abs_ci", "batch_C_over_ema_abs_ci"}
+    assert set(cells) == set(gradvar.ESTIMATORS) | abs_keys | ci_keys
+    assert all(math.isfinite(v) and v > 0 for k, v in cells.items() if k not in ci_keys)
+    lo, hi = cells["batch_C_over_ema_abs_ci"]
+    assert 0 < lo <= hi
+
+
+def test_variance_from_the_gram_matrix_and_its_bootstrap_interval(rng):
+    """All batches drawn once: the Gram form equals `absolute_variance` (float64 row); the
+    paired bootstrap interval of a ratio holds the ratio of two estimators whose noise differs
+    by a known factor, and is narrow when they share their batches."""
+    noise = rng.standard_normal((64, 50))
+    a = [torch.from_numpy(3.0 + n) for n in noise]  # a mean, then unit noise
+    b = [
+        torch.from_numpy(3.0 + 2.0 * n + 0.1 * m)
+        for n, m in zip(noise, rng.standard_normal((64, 50)))
+    ]
+    K_a, K_b = gradvar.centred_gram(a), gradvar.centred_gram(b)
+    once = np.ones((1, 64))
+    assert gradvar.variance_from_counts(K_a, once)[0] == pytest.approx(
+        gradvar.absolute_variance(a), rel=tol("float64")["rtol"]
+    )
+    lo, hi = gradvar.ratio_interval(K_b, K_a, seed=0)
+    ratio = gradvar.absolute_variance(b) / gradvar.absolute_variance(a)
+    assert lo < ratio < hi and 3.9 < lo and hi < 4.2  # 4 + 0.01, the batches shared
 
 
 def test_gradvar_refuses_one_batch(tmp_path, capsys):
