@@ -145,7 +145,85 @@ def markdown_tables(result: dict[str, Any]) -> str:
             cells += [_cell(r["metrics"][k]) if k in r["metrics"] else "—" for k in metric_keys]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+        out += paired_differences(result, problem)
     return "\n".join(out)
+
+
+# What each row is compared with, seed by seed (`paired_differences`): the items of the reference
+# row's setting, looked up among the rows that share this row's values of the group keys.
+PAIRED_AGAINST: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "minc_vs_spectral": ({"method": "minc"}, ()),
+    "batch_size": ({"method": "minc"}, ("batch_size",)),
+    "alpha": ({"alpha": 2.0}, ()),
+    "gha_target": ({"gha": True, "target": True}, ()),
+    "aux_ema": ({"beta": 0.0}, ()),
+    "baselines": ({"method": "minc"}, ()),
+}
+NOT_PAIRED = ("diverged", "train_seconds", "step_seconds", "steps")  # cost, not quality
+
+
+def _named(setting: dict[str, Any]) -> str:
+    """``key value, ...`` of a setting (what `_label` shows, with the keys)."""
+    return ", ".join(f"{k} {v}" for k, v in setting.items() if k not in ("why", "m", "estimator"))
+
+
+def _reference_row(row: dict[str, Any], rows: list[dict[str, Any]], experiment: str):
+    items, group = PAIRED_AGAINST[experiment]
+    for r in rows:
+        s = r["setting"]
+        if all(s.get(k) == v for k, v in items.items()) and all(
+            s.get(k) == row["setting"].get(k) for k in group
+        ):
+            return r
+    return None
+
+
+def paired_differences(result: dict[str, Any], problem: str) -> list[str]:
+    """Markdown lines: each row minus its reference row (`PAIRED_AGAINST`), seed by seed.
+
+    Runs of one seed share the initial weights, the data order and the augmentations, so the
+    per-seed difference removes what the seeds share; its mean and the half-width of its 95%
+    Student-t interval (`summarise`) are shown, in bold where the interval excludes 0 (the
+    difference is resolved). Empty when there is no rule for the experiment or one seed.
+    """
+    name = result.get("experiment", "")
+    seeds = result.get("digits_seeds", []) if problem == "digits" else result.get("seeds", [])
+    if name not in PAIRED_AGAINST or len(seeds) < 2:
+        return []
+    rows = [r for r in result["rows"] if r["problem"] == problem]
+    metrics = [
+        k for k in dict.fromkeys(k for r in rows for k in r["metrics"]) if k not in NOT_PAIRED
+    ]
+    lines = []
+    for row in rows:
+        ref = _reference_row(row, rows, name)
+        if ref is None or ref is row:
+            continue
+        cells = []
+        for m in metrics:
+            if m not in row["metrics"] or m not in ref["metrics"]:
+                cells.append("—")
+                continue
+            a, b = row["metrics"][m]["values"], ref["metrics"][m]["values"]
+            d = summarise([x - y for x, y in zip(a, b, strict=True)])
+            cell = _cell(d)
+            resolved = math.isfinite(d["ci95"]) and abs(d["mean"]) > d["ci95"]
+            cells.append(f"**{cell}**" if resolved else cell)
+        label = f"{_named(row['setting'])} − {_named(ref['setting'])}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    head = [
+        (
+            f"Paired by seed ({problem}): each row minus the row it is compared with; mean ± "
+            "half-width of the 95% interval of the per-seed differences, **bold** where it "
+            "excludes 0."
+        ),
+        "",
+        "| difference | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+        "|" + "---|" * (len(metrics) + 1),
+    ]
+    return head + lines + [""]
 
 
 def _finite_or_nan(x: float) -> float:

@@ -82,6 +82,55 @@ def test_markdown_table_shows_mean_and_std():
     assert "0.200 ± 1.271" in table  # 95% half-width of two seeds 0.1, 0.3
 
 
+def test_paired_differences_are_taken_seed_by_seed_against_the_reference_row():
+    """spectral - minc per seed: +0.02, +0.025, +0.03 (mean 0.025, half-width t_{0.975,2} 0.005 /
+    sqrt(3) = 0.0124: resolved, bold), while the unpaired intervals of the two rows overlap; the
+    reference row itself and cost metrics get no row or column."""
+    minc = [0.90, 0.95, 0.80]
+    rows = [
+        ex.Row("digits", {"method": "minc"}, {"probe_top1": ex.summarise(minc)}),
+        ex.Row(
+            "digits",
+            {"method": "spectral"},
+            {
+                "probe_top1": ex.summarise([m + d for m, d in zip(minc, (0.02, 0.025, 0.03))]),
+                "train_seconds": ex.summarise([1.0, 2.0, 3.0]),
+            },
+        ),
+    ]
+    result = {**_fake_result(), "experiment": "minc_vs_spectral", "digits_seeds": [0, 1, 2]}
+    result["rows"] = [r.to_json() for r in rows]
+    lines = ex.paired_differences(result, "digits")
+    assert "| difference | Δ probe_top1 |" in lines
+    assert lines[-2] == "| method spectral − method minc | **0.025 ± 0.012** |"
+    a, b = (r.metrics["probe_top1"] for r in rows)
+    assert b["mean"] - b["ci95"] < a["mean"] + a["ci95"]  # unpaired: not resolved
+    assert ex.paired_differences({**result, "digits_seeds": [0]}, "digits") == []
+    assert "Paired by seed (digits)" in ex.markdown_tables(result)
+
+
+def test_paired_differences_match_within_the_group_keys():
+    rows = [
+        ex.Row("graph", {"method": m, "batch_size": b}, {"d": ex.summarise(v)})
+        for m, b, v in (
+            ("minc", 32, [1.0, 2.0]),
+            ("minc", 64, [5.0, 5.0]),
+            ("spectral", 32, [2.0, 3.0]),
+            ("spectral", 64, [6.0, 7.0]),
+        )
+    ]
+    result = {**_fake_result(), "experiment": "batch_size", "rows": [r.to_json() for r in rows]}
+    lines = ex.paired_differences(result, "graph")
+    assert (
+        "| method spectral, batch_size 32 − method minc, batch_size 32 | **1.000 ± 0.000** |"
+        in lines
+    )
+    assert any(
+        line.startswith("| method spectral, batch_size 64 − method minc, batch_size 64 | 1.500")
+        for line in lines
+    )
+
+
 def test_write_docs_replaces_only_between_markers(tmp_path):
     (tmp_path / "aux_ema.json").write_text(json.dumps(_fake_result()))
     docs = tmp_path / "results.md"
