@@ -207,19 +207,20 @@ def markdown_table(result: dict[str, Any]) -> str:
     """One row per setting: the signature at the first and the last checkpoint."""
     lines = [
         "| setting | steps | offdiag_rel first → last | Spearman(diag, index) at the "
-        "checkpoints kept, first → last |",
-        "|---|---|---|---|",
+        "checkpoints kept, first → last | Spearman, mean of the second half's checkpoints |",
+        "|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         if run["diverged"]:
-            lines.append(f"| {label(run['setting'])} | diverged | — | — |")
+            lines.append(f"| {label(run['setting'])} | diverged | — | — | — |")
             continue
         a, b = run["trajectory"][0], run["trajectory"][-1]
+        late = [r["spearman"] for r in run["trajectory"] if r["step"] >= b["step"] / 2]
         off = run.get("logged_offdiag") or run["trajectory"]  # logged: from the first log step
         lines.append(
             f"| {label(run['setting'])} | {off[0]['step']} → {b['step']} | "
             f"{off[0]['offdiag_rel']:.2f} → {off[-1]['offdiag_rel']:.2f} | "
-            f"{a['spearman']:+.2f} → {b['spearman']:+.2f} |"
+            f"{a['spearman']:+.2f} → {b['spearman']:+.2f} | {np.nanmean(late):+.2f} |"
         )
     return "\n".join(lines)
 
@@ -231,8 +232,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in result["runs"]:
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))  # one colour a setting (up to 20)
+    for i, run in enumerate(result["runs"]):
         if run["diverged"]:
             continue
         style = "-" if run["setting"]["method"] == "minc" else "--"
@@ -246,6 +248,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 [r[key] for r in points],
                 style,
                 marker=".",
+                color=colours[i % len(colours)],
                 label=label(run["setting"]),
             )
     axes[0].set_title("||Cbar - diag||_F / ||Cbar||_F (0: decorrelated)", fontsize=9)
@@ -254,7 +257,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     axes[1].axhline(-1, color="k", lw=0.5)
-    axes[1].legend(fontsize="xx-small", loc="best")
+    axes[1].legend(fontsize="xx-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(
         f"MINC signature on the digits ({result['budget']} budget: "
         f"{result['steps']} steps, seed {result['seed']})",
