@@ -44,7 +44,7 @@ bench: $(STAMP) ## CPU benchmarks (losses, variance, step, loader): JSON in runs
 notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs
 	$(VENV)/bin/jupytext --to ipynb --update notebooks/[0-9]*.py
 
-experiments: $(STAMP) ## the paper's ablations, 3 seeds (about 3 h on an idle 2-core CPU, an estimate); JSON + PNG into docs/results/
+experiments: $(STAMP) ## the paper's ablations, 3 seeds (72 min on an idle 2-core CPU, measured); JSON + PNG into docs/results/
 	$(PY) -m scaled.tools.experiments all --output-dir docs/results
 
 # The GPU check runs with the machine's own Python (GPU_PYTHON, not .venv): GPU nodes often have

@@ -25,10 +25,11 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 
 Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
 3 digits seeds x 1000 optimiser steps of the demo's batch (64) and recipe per setting (past
-early training: about 16 epochs), about 90 single-process digits runs of roughly 1.5 min each
-(the batch-256 rows of ``batch_size``: 4 times that): about 3 h on an idle 2-core machine, an
-estimate. ``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and docs
-table records the budget it was run at (docs/results.md records the minutes each took).
+early training: about 16 epochs), about 90 single-process digits runs of under a minute each
+(the batch-256 rows of ``batch_size``: 3 times that): 72 min on an idle 2-core machine
+(measured in issue 19's fifth session, docs/results.md). ``--digits-seeds N`` and
+``--digits-steps N`` size it down; every JSON file and docs table records the budget it was run
+at (docs/results.md records the minutes each took).
 """
 
 from __future__ import annotations
