@@ -136,7 +136,7 @@ def markdown_tables(result: dict[str, Any]) -> str:
         setting_keys = list(dict.fromkeys(k for r in mine for k in r["setting"]))
         metric_keys = list(dict.fromkeys(k for r in mine for k in r["metrics"]))
         header = setting_keys + metric_keys
-        seeds = result.get("digits_seeds", []) if problem == "digits" else result["seeds"]
+        seeds = _problem_seeds(result, problem)
         spread = "mean ± half-width of the 95% interval" if len(seeds) > 1 else "no interval"
         out.append(f"**{problem}** ({len(seeds)} seed(s): {spread})\n")
         out.append("| " + " | ".join(header) + " |")
@@ -161,11 +161,17 @@ PAIRED_AGAINST: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "baselines": ({"method": "minc"}, ()),
 }
 NOT_PAIRED = ("diverged", "train_seconds", "step_seconds", "steps")  # cost, not quality
+UNSHOWN_SETTING_KEYS = ("why", "m", "estimator")  # alpha's notes on its estimator, not settings
+
+
+def _problem_seeds(result: dict[str, Any], problem: str) -> list[int]:
+    """The seeds a result ran ``problem`` with (the digits have their own list)."""
+    return result.get("digits_seeds", []) if problem == "digits" else result.get("seeds", [])
 
 
 def _named(setting: dict[str, Any]) -> str:
     """``key value, ...`` of a setting (what `_label` shows, with the keys)."""
-    return ", ".join(f"{k} {v}" for k, v in setting.items() if k not in ("why", "m", "estimator"))
+    return ", ".join(f"{k} {v}" for k, v in setting.items() if k not in UNSHOWN_SETTING_KEYS)
 
 
 def _reference_row(row: dict[str, Any], rows: list[dict[str, Any]], experiment: str):
@@ -188,7 +194,7 @@ def paired_differences(result: dict[str, Any], problem: str) -> list[str]:
     difference is resolved). Empty when there is no rule for the experiment or one seed.
     """
     name = result.get("experiment", "")
-    seeds = result.get("digits_seeds", []) if problem == "digits" else result.get("seeds", [])
+    seeds = _problem_seeds(result, problem)
     if name not in PAIRED_AGAINST or len(seeds) < 2:
         return []
     rows = [r for r in result["rows"] if r["problem"] == problem]
@@ -752,7 +758,7 @@ PLOTTED = {
 
 
 def _label(setting: dict[str, Any]) -> str:
-    return " ".join(str(v) for k, v in setting.items() if k not in ("why", "m", "estimator"))
+    return " ".join(str(v) for k, v in setting.items() if k not in UNSHOWN_SETTING_KEYS)
 
 
 def plot_result(result: dict[str, Any], path: Path) -> None:
@@ -776,7 +782,7 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
             vals = r["metrics"][metric]["values"]
             ax.plot([i] * len(vals), vals, "k.", ms=4)
         ax.set_xticks(x, [_label(r["setting"]) for r in mine], fontsize=7, rotation=60, ha="right")
-        ax.set_xlabel(" ".join(k for k in mine[0]["setting"] if k not in ("why", "m", "estimator")))
+        ax.set_xlabel(" ".join(k for k in mine[0]["setting"] if k not in UNSHOWN_SETTING_KEYS))
         ax.set_title(f"{problem}: {metric}", fontsize=9)
     fig.suptitle(
         f"{result['experiment']} ({'quick' if result['config']['quick'] else 'full'}; "

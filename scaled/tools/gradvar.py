@@ -191,9 +191,10 @@ def measure(cfg, model, dataset, B: int, batches: int, burn_in: int, seed: int) 
             samples[name].append(grads[name])
     rel = {name: relative_variance(s) for name, s in samples.items()}
     grams = {name: centred_gram(s) for name, s in samples.items()}
-    intervals = {  # the ABS_SCALE factors of a ratio multiply both ends of its interval
+    scale = {n: ABS_SCALE[n] / ABS_SCALE["minc_ema_Cbar"] for n in ESTIMATORS}  # of a ratio
+    intervals = {
         f"{num}_over_ema_abs_ci": [
-            ABS_SCALE[name] * v for v in ratio_interval(grams[name], grams["minc_ema_Cbar"], seed)
+            scale[name] * v for v in ratio_interval(grams[name], grams["minc_ema_Cbar"], seed)
         ]
         for num, name in (("spectral", "spectral"), ("batch_C", "minc_batch_C"))
     }
