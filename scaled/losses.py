@@ -372,10 +372,13 @@ def simclr_loss_batch(
         K2, _, _ = _global_rows(q[b:], distributed)
         keys = torch.cat([K1, K2])  # 2B global views: first views, then second views
         logits = q @ keys.T / temperature
-        own = torch.cat([torch.arange(b), B + torch.arange(b)]).to(z1.device) + offset
+        # indices and the mask value built on the device: no host data, no host-to-device copy
+        idx = torch.arange(b, device=z1.device)
+        own = torch.cat([idx, idx + B]) + offset
         pos = torch.cat([own[b:], own[:b]])
         rows = torch.arange(2 * b, device=z1.device)
-        logits = logits.index_put((rows, own), torch.tensor(-math.inf, dtype=logits.dtype))
+        minus_inf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+        logits = logits.index_put((rows, own), minus_inf)
         return nnf.cross_entropy(logits, pos, reduction="sum") / (2 * b)
 
 
