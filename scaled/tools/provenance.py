@@ -78,7 +78,8 @@ def environment(device: Any = "cpu") -> dict[str, Any]:
     The keys ``git``, ``versions`` and ``devices`` are those of the trainer's run_info.json
     (:func:`scaled.runlog.git_state`, :func:`~scaled.runlog.package_versions`,
     :func:`~scaled.runlog.device_names`); ``device_name`` is the GPU's name on a CUDA device, else
-    the CPU's; ``torch_threads``, ``load_average_1min`` and ``time_utc`` describe this moment.
+    the CPU's; ``torch_threads``, ``load_average_1min`` and ``time_utc`` describe this moment:
+    call it before the measurement, and :func:`finished` after it.
     """
     import torch
 
@@ -95,9 +96,36 @@ def environment(device: Any = "cpu") -> dict[str, Any]:
         "versions": package_versions(),
         "devices": devices,
         "torch_threads": torch.get_num_threads(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min": load_average(),
         "time_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average now (None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def finished(env: dict[str, Any]) -> dict[str, Any]:
+    """`env` (taken by :func:`environment` before a measurement) with the load average and
+    time read now, after it: ``load_average_end_1min`` and ``time_end_utc``."""
+    return {
+        **env,
+        "load_average_end_1min": load_average(),
+        "time_end_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def load_text(env: dict[str, Any]) -> str | None:
+    """ "1-min load average at start X, at end Y" of a record from :func:`finished`; records with
+    one reading only (written before the end was read: some tools read it after the run) say
+    "1-min load average X (one reading, when the record was written)"."""
+    start, end = env.get("load_average_1min"), env.get("load_average_end_1min")
+    if start is None:
+        return None
+    if end is None:
+        return f"1-min load average {start:.1f} (one reading, when the record was written)"
+    return f"1-min load average at start {start:.1f}, at end {end:.1f}"
 
 
 def provenance_line(env: dict[str, Any]) -> str:
@@ -117,8 +145,8 @@ def provenance_line(env: dict[str, Any]) -> str:
         parts.append(f"{env['torch_threads']} threads")
     if devices.get("cpu_count") is not None:
         parts.append(f"{devices['cpu_count']} CPU cores")
-    if env.get("load_average_1min") is not None:
-        parts.append(f"1-min load average at start {env['load_average_1min']:.1f}")
+    if load_text(env) is not None:
+        parts.append(load_text(env))
     parts.append(f"git {str(env.get('git', {}).get('sha', 'unknown'))[:10]}")
     if env.get("time_utc"):
         parts.append(f"{env['time_utc']} UTC")
