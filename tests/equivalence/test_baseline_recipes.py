@@ -21,6 +21,7 @@ from scaled.losses import (
     spectral_loss_batch,
 )
 from tests.conftest import tol
+from tests.gradient_checks import assert_gradient_close
 
 
 def _pair(seed: int, B: int = 12, k: int = 6, scale: float = 1.0):
@@ -67,7 +68,7 @@ def test_simsiam_loss_matches_the_authors_lines(seed):
     g_ours = _grads(ours, [p1, p2, z1, z2])
     g_theirs = _grads(theirs, [p1, p2, z1, z2])
     for a, b in zip(g_ours[:2], g_theirs[:2]):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), **tol("float64"))
+        assert_gradient_close(a, b, "float64")
     assert g_ours[2] is None and g_ours[3] is None  # the stop-gradient on z
 
 
@@ -98,21 +99,19 @@ def test_clipped_spectral_loss_matches_haochen_D(mu, scale):
     theirs = haochen_D(z1, z2, mu)
     np.testing.assert_allclose(ours.item(), theirs.item(), **tol("float64"))
     for a, b in zip(_grads(ours, [z1, z2]), _grads(theirs, [z1, z2])):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), **tol("float64"))
+        assert_gradient_close(a, b, "float64")
 
 
 def test_the_trainer_loss_of_haochens_preset_is_their_D():
-    """statistics_and_loss under imagenet_r50_spectral_haochen (clip, mu 10, loss / mu) = D."""
-    from types import SimpleNamespace
-
+    """The trainer's loss module under imagenet_r50_spectral_haochen (clip, mu 10, loss / mu)
+    is their D."""
     from scaled.config import PRESETS
-    from scaled.pretrain import statistics_and_loss
+    from scaled.objective import build_objective, ssl_loss
 
     cfg = PRESETS["imagenet_r50_spectral_haochen"]()
     z1, z2, _, _ = _pair(6, B=16, k=8, scale=2.0)
     out = {"z1": z1, "z2": z2, "p1": z1, "p2": z2}
-    model = SimpleNamespace(Cbar=None)
-    ours = statistics_and_loss(cfg, model, out, None, first_step=True, distributed=False)
+    ours = ssl_loss(build_objective(cfg), out, None)
     np.testing.assert_allclose(
         ours.item(), haochen_D(z1, z2, cfg.feature_norm).item(), **tol("float64")
     )

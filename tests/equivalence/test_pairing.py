@@ -24,6 +24,7 @@ from numpy.testing import assert_allclose
 
 from reference.tolerances import tol
 from tests.conftest import GRAPH_CASES, make_graph
+from tests.gradient_checks import assert_gradient_close
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,8 +214,8 @@ def test_ema_agrees_with_reference(rate, shape):
     assert_allclose(got.detach().numpy(), want, **tol("float64"))
     # gradient of the linear map: rate into old, 1 - rate into new
     got.sum().backward()
-    assert_allclose(t_old.grad.numpy(), np.full(shape, rate), **tol("float64"))
-    assert_allclose(t_new.grad.numpy(), np.full(shape, 1.0 - rate), **tol("float64"))
+    assert_gradient_close(t_old.grad, np.full(shape, rate), "float64", "into old")
+    assert_gradient_close(t_new.grad, np.full(shape, 1.0 - rate), "float64", "into new")
     # in place: the same numbers, in the same tensor (a registered buffer stays itself)
     buffer = torch.tensor(old)
     out = sca_ema(buffer, torch.tensor(new), rate, inplace=True)

@@ -8,10 +8,12 @@ Each check runs the real `build_run_state` + `train_step` in 2 gloo processes (s
 
 - every setting finishes with finite losses, and DDP gives both ranks the same gradient;
 - bf16 (and fp16) autocast: the first step's loss agrees with float32 at the `bfloat16` row and
-  the whole gradient at the `bfloat16_network_grad` row (reference/tolerances.py); the online
-  network's outputs are bf16 (autocast is on), while `C_batch`, `Cbar` and the loss stay float32;
-- fp16 adds a GradScaler: a first step whose scaled gradient overflows is skipped and the scale
-  halved (what GradScaler is for), otherwise its gradient is compared like bf16's;
+  the whole gradient at the `bfloat16_network_grad` row (fp16: `float16_network_grad`;
+  reference/tolerances.py); the online network's outputs are bf16 (autocast is on), while
+  `C_batch`, `Cbar` and the loss stay float32;
+- fp16 adds a GradScaler. Started at `FP16_INIT_SCALE` (2^10) step 1 does not overflow and its
+  unscaled gradient is compared (the test asserts that the comparison ran); at GradScaler's
+  default 2^16 step 1 overflows: it is skipped and the scale halved (what GradScaler is for);
 - channels_last: the weights are channels_last, loss and gradient equal contiguous at `float32`;
 - `--compile` (slow: inductor compiles C++ on the CPU): every step's loss and the first gradient
   equal eager at `float32`, and dynamo compiles no new graph after the first step.
@@ -27,6 +29,7 @@ from numpy.testing import assert_allclose
 
 from reference.tolerances import TOLERANCES, tol
 from tests.gloo import spawn_ranks
+from tests.gradient_checks import assert_gradient_close
 from tests.perf import _gpu_path_scenario as sc
 
 TIMEOUT_S = 900.0  # a hang detector for the spawned ranks, not a speed gate
@@ -52,8 +55,13 @@ def check_common(ranks: list[dict], method: str, variant: str) -> None:
         assert_allclose(g0.numpy(), g1.numpy(), **tol("float32"))
 
 
-def check_autocast(ranks: list[dict], method: str, variant: str, dtype: torch.dtype) -> None:
-    """Autocast is on (bf16/fp16 outputs), statistics stay float32, step 1 agrees with fp32."""
+def check_autocast(ranks: list[dict], method: str, variant: str, dtype: torch.dtype) -> int:
+    """Autocast is on (bf16/fp16 outputs), statistics stay float32, step 1 agrees with fp32.
+
+    Returns the number of gradient comparisons that ran (one per rank).
+    """
+    row = {torch.bfloat16: "bfloat16_network_grad", torch.float16: "float16_network_grad"}[dtype]
+    compared = 0
     for r in ranks:
         rec, ref = r[(method, variant)], r[(method, "fp32")]
         assert rec["out_dtype"] == dtype
@@ -62,25 +70,36 @@ def check_autocast(ranks: list[dict], method: str, variant: str, dtype: torch.dt
             assert rec["stat_dtypes"], "update_cbar was not called"
             assert set(rec["stat_dtypes"]) == {(torch.float32, torch.float32)}
         assert_allclose(rec["loss"][0], ref["loss"][0], **tol("bfloat16"))
-        if rec["scale"] is not None and not torch.isfinite(rec["grad"]).all():
-            assert rec["scale"] < 65536.0, "fp16 overflow but the GradScaler did not back off"
-            continue
-        err = relative_error(rec["grad"], ref["grad"])
-        assert err < TOLERANCES["bfloat16_network_grad"][0], f"{method} {variant}: {err:.3g}"
+        if dtype == torch.float16:  # the scale did not move at step 1: it did not overflow
+            assert rec["scales"][0] == rec["init_scale"] == sc.FP16_INIT_SCALE, rec["scales"]
+        assert torch.isfinite(rec["grad"]).all(), f"{method} {variant}: step 1 overflowed"
+        assert_gradient_close(rec["grad"], ref["grad"], row, f"{method} {variant}")
+        compared += 1
+    return compared
+
+
+def check_fp16_overflow_backs_off(ranks: list[dict], method: str) -> None:
+    """At GradScaler's default scale step 1 overflows: skipped, and the scale halved."""
+    for r in ranks:
+        rec = r[(method, "fp16_overflow")]
+        assert rec["init_scale"] == 65536.0
+        assert not torch.isfinite(rec["grad"]).all(), "no overflow: this check tests nothing"
+        assert rec["scales"][0] == 32768.0, rec["scales"]
 
 
 @pytest.mark.distributed  # 12 s here on a quiet machine (2 processes x 10 short runs)
 @pytest.mark.xdist_group("distributed")
 @pytest.mark.timeout(TIMEOUT_S + 60)
 def test_amp_and_channels_last_on_cpu(tmp_path, monkeypatch) -> None:
-    variants = ("fp32", "bf16", "fp16", "channels_last", "bf16_channels_last")
+    variants = ("fp32", "bf16", "fp16", "fp16_overflow", "channels_last", "bf16_channels_last")
     ranks = two_processes(tmp_path, monkeypatch, METHODS, variants)
     for method in METHODS:
         for variant in variants:
             check_common(ranks, method, variant)
-        check_autocast(ranks, method, "bf16", torch.bfloat16)
-        check_autocast(ranks, method, "bf16_channels_last", torch.bfloat16)
-        check_autocast(ranks, method, "fp16", torch.float16)
+        assert check_autocast(ranks, method, "bf16", torch.bfloat16) == 2
+        assert check_autocast(ranks, method, "bf16_channels_last", torch.bfloat16) == 2
+        assert check_autocast(ranks, method, "fp16", torch.float16) == 2  # fp16 was compared
+        check_fp16_overflow_backs_off(ranks, method)
         for r in ranks:
             rec, ref = r[(method, "channels_last")], r[(method, "fp32")]
             assert rec["channels_last_weights"] and not ref["channels_last_weights"]
