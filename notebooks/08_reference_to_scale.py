@@ -42,7 +42,7 @@ import reference.losses as rl
 import scaled.losses as sl
 from reference.graphs import augmentation_graph
 from reference.tolerances import tol
-from scaled.checkpoint import load_model
+from scaled.checkpoint import checkpoint_cbar, load_model
 from scaled.config import PRESETS, parse_config
 from scaled.distributed import global_second_moment
 from scaled.pretrain import train
@@ -209,7 +209,7 @@ with tempfile.TemporaryDirectory() as run_dir:
     ckpt_path = sorted(Path(run_dir).glob("ckpt_*.pt"))[-1]
     cfg_saved, model, ckpt = load_model(ckpt_path)
 
-Cbar_t = model.Cbar.double()
+Cbar_t = checkpoint_cbar(ckpt).double()  # the loss module's state (scaled.objective)
 eig = torch.linalg.eigvalsh(Cbar_t)
 assert np.isfinite(metrics[-1]["loss"])
 assert cfg_saved.method == "minc" and Cbar_t.shape == (cfg.proj_out, cfg.proj_out)

@@ -1,9 +1,9 @@
 """Checkpoints: atomic writes, keep the newest K, find the newest readable one.
 
 A checkpoint holds only tensors and primitives (nested dicts / lists / tuples of them), so it
-loads with `torch.load(..., weights_only=True)`: online and target weights and `Cbar` (C5),
-optimiser, scheduler and grad-scaler states, step, epoch, position inside the epoch, RNG states,
-the config, the git SHA and package versions.
+loads with `torch.load(..., weights_only=True)`: online and target weights, the loss module's
+state (`Cbar`, C5), optimiser, scheduler and grad-scaler states, step, epoch, position inside
+the epoch, RNG states, the config, the git SHA and package versions.
 """
 
 from __future__ import annotations
@@ -181,8 +181,25 @@ def _to_tuples(x):
 # --------------------------------------------------------------------------- the schema
 # One place writes, restores and loads checkpoints: pretrain.py (`training_state`, `restore`),
 # linear_eval.py and the tools (`load_model`). Version 2 adds `in_channels`, `num_classes` and
-# `arch` so evaluation never guesses them; version-1 files (no "schema" key) still load.
-SCHEMA_VERSION = 2
+# `arch` so evaluation never guesses them; version 3 moves `Cbar` from the model's state into
+# "objective" (the loss module's state, `scaled.objective`). Older files still load.
+SCHEMA_VERSION = 3
+
+
+def split_legacy_cbar(ckpt: dict) -> tuple[dict, dict]:
+    """(model state, objective state) of `ckpt`: a version-1/2 file keeps `Cbar` in the model's
+    state; it becomes the objective's (with one update counted when the run had taken a step)."""
+    model = dict(ckpt["model"])
+    objective = dict(ckpt.get("objective", {}))
+    legacy = model.pop("Cbar", None)
+    if legacy is not None and "objective" not in ckpt:
+        objective = {"Cbar": legacy, "updates": torch.tensor(int(int(ckpt.get("step", 0)) > 0))}
+    return model, objective
+
+
+def checkpoint_cbar(ckpt: dict) -> torch.Tensor | None:
+    """MINC's `Cbar` (Eq. 15) from a checkpoint of any version; None for methods without it."""
+    return split_legacy_cbar(ckpt)[1].get("Cbar")
 
 
 def training_state(run) -> dict:
@@ -197,6 +214,7 @@ def training_state(run) -> dict:
     return {
         "schema": SCHEMA_VERSION,
         "model": run.model.state_dict(),
+        "objective": run.objective.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -249,7 +267,7 @@ def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
     A model or optimiser that does not fit (changed --arch, --method, predictor, data classes)
     is a one-line UserError naming what differs and how to start a new run.
     """
-    from scaled.config import UserError
+    from scaled.errors import UserError
 
     old_optimizer = ckpt.get("config", {}).get("optimizer", run.cfg.optimizer)
     if old_optimizer != run.cfg.optimizer:  # its state would load and fail at the first step
@@ -258,8 +276,10 @@ def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
             f"--optimizer {run.cfg.optimizer}; resume with --optimizer {old_optimizer} or pass "
             "a new --output-dir to start a new run"
         )
+    model_state, objective_state = split_legacy_cbar(ckpt)
     try:
-        run.model.load_state_dict(ckpt["model"])
+        run.model.load_state_dict(model_state)
+        run.objective.load_state_dict(objective_state)
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         what = ", ".join(model_differences(run, ckpt)) or str(err).splitlines()[0]
@@ -273,17 +293,19 @@ def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
     run.step = int(ckpt["step"])
 
 
-def load_model(path: str | os.PathLike, *, random_init: bool = False):
+def load_model(path: str | os.PathLike, *, random_init: bool = False, ckpt: dict | None = None):
     """(config, `SSLModel` with the checkpoint's weights, checkpoint) for evaluation.
 
     `random_init`: the same network with fresh weights (seeded by the run's seed), a baseline.
+    `ckpt`: the checkpoint already read from `path` (one read per evaluation).
     Raises UserError when `path` is not a readable pretrain.py checkpoint.
     """
-    from scaled.config import UserError, config_from_dict
+    from scaled.config import config_from_dict
+    from scaled.errors import UserError
     from scaled.model import SSLModel
 
     try:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path) if ckpt is None else ckpt
         cfg = config_from_dict(ckpt["config"])
         in_channels, num_classes = checkpoint_shapes(ckpt)
     except Exception as err:  # any failure: not a checkpoint we can use
@@ -294,5 +316,54 @@ def load_model(path: str | os.PathLike, *, random_init: bool = False):
     torch.manual_seed(cfg.seed)
     model = SSLModel(cfg, in_channels, num_classes)
     if not random_init:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(split_legacy_cbar(ckpt)[0])
     return cfg, model, ckpt
+
+
+def find_checkpoint(path: str | os.PathLike) -> tuple[Path, dict]:
+    """(file, loaded checkpoint) for a checkpoint file or a run folder (its newest readable
+    checkpoint), read once: evaluation and export use the dict, never re-reading the file."""
+    from scaled.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        if not list_checkpoints(path):
+            raise UserError(
+                f"run folder {path} has no ckpt_*.pt checkpoints (pretraining wrote none yet); "
+                "pass a run folder with checkpoints or a ckpt_*.pt file"
+            )
+        found = newest_valid_checkpoint(path)
+        if found is None:
+            raise UserError(
+                f"no readable checkpoint in {path}; pass a ckpt_*.pt file or run folder"
+            )
+        return found
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path} does not exist; pass a ckpt_*.pt file or run folder")
+    try:
+        return path, load_checkpoint(path)
+    except Exception as err:  # any failure: not a checkpoint we can use
+        raise UserError(
+            f"checkpoint {path} is unreadable or not a pretrain.py checkpoint "
+            f"({type(err).__name__}); pass a ckpt_*.pt file that pretrain.py wrote"
+        ) from None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file `find_checkpoint` picks (a file, or a run folder's newest)."""
+    return find_checkpoint(path)[0]
+
+
+def load_backbone(path: str | os.PathLike, *, random_init: bool = False, ckpt: dict | None = None):
+    """(config, backbone) from a pretrain.py checkpoint (`random_init`: same net, fresh weights);
+    `ckpt`: the checkpoint already read from `path`."""
+    from scaled.errors import UserError
+
+    try:
+        cfg, model, _ = load_model(path, random_init=random_init, ckpt=ckpt)
+    except RuntimeError as err:  # weights that do not fit the network the config describes
+        raise UserError(
+            f"checkpoint {path} does not match the network its config describes "
+            f"({str(err).splitlines()[0][:120]}); pass a checkpoint written by pretrain.py"
+        ) from None
+    return cfg, model.online.backbone

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from scaled.errors import UserError
+
 
 @dataclass(frozen=True)
 class MethodTraits:
@@ -66,13 +68,6 @@ AUGMENTS = ("byol", "simsiam", "simclr")
 FEATURE_NORM_KINDS = ("sphere", "clip")
 PROJECTORS = ("byol", "simclr", "simsiam", "haochen")
 SUBSETS = ("none", "imagenet100")
-
-
-class UserError(Exception):
-    """A mistake in the user's input. CLIs print `error: <message>` and exit 2, no traceback.
-
-    The message has the form `<problem>; <fix>`.
-    """
 
 
 @dataclass(frozen=True)

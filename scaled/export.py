@@ -27,7 +27,8 @@ import json
 
 import torch
 
-from scaled.config import PretrainConfig, UserError
+from scaled.config import PretrainConfig
+from scaled.errors import UserError
 
 TORCHVISION_TWINS = {"resnet50": "resnet50", "resnet18": "resnet18"}
 
@@ -68,16 +69,15 @@ def backbone_state_dict(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Write OUT.pt (state dict) and OUT.json (how to build the module); returns the JSON."""
-    from scaled.checkpoint import checkpoint_shapes, load_checkpoint
-    from scaled.linear_eval import check_writable, load_backbone, resolve_checkpoint
+    from scaled.checkpoint import checkpoint_shapes, find_checkpoint, load_backbone
+    from scaled.lifecycle import check_writable
 
     out = Path(out)
     if out.suffix != ".pt":
         raise UserError(f"output {out} must end in .pt; pass e.g. backbone.pt")
     check_writable(out, "output")
-    path = resolve_checkpoint(checkpoint)
-    cfg, backbone = load_backbone(path)
-    ckpt = load_checkpoint(path)
+    path, ckpt = find_checkpoint(checkpoint)
+    cfg, backbone = load_backbone(path, ckpt=ckpt)
     in_channels, _ = checkpoint_shapes(ckpt)
     torch.save(backbone_state_dict(backbone), out)
     info = {

@@ -19,6 +19,10 @@ import functools
 import torch
 import torch.distributed as dist
 import torch.nn.functional as nnf
+from torch.utils.data import Subset
+
+from scaled.data import eval_dataset
+from scaled.features import extract_features, loader_workers, local_world_size
 
 KS = (20, 200)
 TEMPERATURE = 0.07
@@ -121,10 +125,6 @@ def monitor_sets(cfg):
     with different seeds are monitored on the same images); labels follow train's class list.
     Cached: built once per run (the scan of an ImageFolder, the load of the digits).
     """
-    from torch.utils.data import Subset
-
-    from scaled.data import eval_dataset
-
     train = eval_dataset(cfg, "train")
     val = eval_dataset(cfg, "val" if cfg.data_dir else "test", train_classes=train.classes)
     g = torch.Generator().manual_seed(MONITOR_SEED)
@@ -149,13 +149,12 @@ def knn_monitor(model, cfg, *, rank: int, world: int, device, amp_dtype=None) ->
     share of the val rows (`knn_classify`), so the cost is split over ranks; the backbone is put
     back in train mode. Returns ``{"knn20_top1": ..., ...}`` for `log_metrics`.
     """
-    from scaled.linear_eval import extract_features
-
     train, val, n_classes = monitor_sets(cfg)
     backbone = model.online.backbone
     was_training = backbone.training
     kw = dict(
-        device=device, rank=rank, world=world, amp_dtype=amp_dtype, num_workers=0,
+        device=device, rank=rank, world=world, amp_dtype=amp_dtype,
+        num_workers=loader_workers(device, local_world_size()),
         dtype=torch.float16 if torch.device(device).type == "cuda" else torch.float32,
     )  # fmt: skip
     try:

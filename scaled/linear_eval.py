@@ -43,96 +43,31 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as nnf
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from scaled.checkpoint import (
     atomic_save,
     checkpoint_shapes,
-    list_checkpoints,
+    find_checkpoint,
+    load_backbone,
     load_checkpoint,
-    load_model,
-    newest_valid_checkpoint,
+    resolve_checkpoint,  # noqa: F401  (re-exported for the tools)
 )
-from scaled.config import PretrainConfig, UserError
+from scaled.config import PretrainConfig
 from scaled.data import eval_dataset, eval_in_channels
 from scaled.distributed import cleanup, init_distributed
+from scaled.errors import UserError
+from scaled.features import (
+    extract_features,
+    loader_workers,
+    local_world_size,
+)
 from scaled.knn import knn_classify
+from scaled.lifecycle import check_writable
 from scaled.optim import LARS
 
 # SimSiam main_lincls.py defaults (see the module docstring).
 FULL_BATCH, FAST_BATCH, BASE_LR = 4096, 256, 0.1
-
-# --------------------------------------------------------------------------- sharding
-
-
-def shard_range(n: int, rank: int, world: int) -> range:
-    """Rank `rank`'s contiguous share of `n` rows (shares differ by at most one row)."""
-    return range(n * rank // world, n * (rank + 1) // world)
-
-
-def gather_shards(t: torch.Tensor, n: int, world: int) -> torch.Tensor:
-    """Concatenate every rank's `shard_range` rows of an `n`-row tensor, on every rank."""
-    if world == 1:
-        return t
-    rows = max(len(shard_range(n, r, world)) for r in range(world))
-    padded = t.new_zeros(rows, *t.shape[1:])
-    padded[: len(t)] = t
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: len(shard_range(n, r, world))] for r, p in enumerate(parts)])
-
-
-# --------------------------------------------------------------------------- features
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module,
-    dataset,
-    *,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    num_workers: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    amp_dtype: torch.dtype | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features (eval mode) and labels of every item of a one-view dataset, on `device`.
-
-    Rank r extracts its `shard_range` and the shards are gathered in `dtype` (float16 halves
-    the bytes: 1.28M x 2048 ImageNet features are 5.2 GB), so every rank gets all rows in order.
-    """
-    backbone.eval().to(device)
-    device = torch.device(device)
-    mine = shard_range(len(dataset), rank, world)
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    feats, labels = [], []
-    if getattr(dataset, "batched_transform", None) is not None:  # in-memory digits: one call
-        x = dataset.batched_transform(dataset.source.images[mine.start : mine.stop])
-        for c in x.split(batch_size):
-            with autocast:
-                feats.append(backbone(c.to(device)).to(dtype))
-        labels = [dataset.source.labels[mine.start : mine.stop].to(device)]
-    else:
-        loader = DataLoader(
-            Subset(dataset, mine), batch_size=batch_size, shuffle=False,
-            num_workers=num_workers, pin_memory=device.type == "cuda",
-        )  # fmt: skip
-        for x, y, *_ in loader:
-            with autocast:
-                feats.append(backbone(x.to(device, non_blocking=True)).to(dtype))
-            labels.append(y.to(device))
-    width = getattr(backbone, "num_features", None)
-    f = torch.cat(feats) if feats else torch.zeros(0, width or 0, dtype=dtype, device=device)
-    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    return gather_shards(f, len(dataset), world), gather_shards(y, len(dataset), world)
-
-
-def pixel_features(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw pixels (flattened, normalised) and labels: the no-learning baseline."""
-    return extract_features(nn.Flatten(), dataset)
-
 
 # --------------------------------------------------------------------------- fast probe
 
@@ -197,20 +132,6 @@ def fit_linear_probe(
             opt.step()
             sched.step()
     return Standardised(mean, std, linear)
-
-
-def knn_accuracy(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    *,
-    k: int = 20,
-    temperature: float = 0.07,
-) -> float:
-    """Weighted kNN top-1 (DINO's rule, `scaled.knn.knn_classify`) for one `k`."""
-    result = knn_classify(train_x, train_y, test_x, test_y, ks=(k,), temperature=temperature)
-    return result[f"knn{k}_top1"]
 
 
 def evaluate_features(
@@ -463,43 +384,9 @@ def warn_small_split(n: int, ctx: dict) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the newest readable checkpoint of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        if not list_checkpoints(path):
-            raise UserError(
-                f"run folder {path} has no ckpt_*.pt checkpoints (pretraining wrote none yet); "
-                "pass a run folder with checkpoints or a ckpt_*.pt file"
-            )
-        found = newest_valid_checkpoint(path)
-        if found is None:
-            raise UserError(
-                f"no readable checkpoint in {path}; pass a ckpt_*.pt file or run folder"
-            )
-        return found[0]
-    if not path.is_file():
-        raise UserError(f"--checkpoint {path} does not exist; pass a ckpt_*.pt file or run folder")
-    return path
-
-
-def load_backbone(
-    path: str | os.PathLike, *, random_init: bool = False
-) -> tuple[PretrainConfig, nn.Module]:
-    """(config, backbone) from a pretrain.py checkpoint (`random_init`: same net, fresh weights)."""
-    try:
-        cfg, model, _ = load_model(path, random_init=random_init)
-    except RuntimeError as err:  # weights that do not fit the network the config describes
-        raise UserError(
-            f"checkpoint {path} does not match the network its config describes "
-            f"({str(err).splitlines()[0][:120]}); pass a checkpoint written by pretrain.py"
-        ) from None
-    return cfg, model.online.backbone
-
-
-def check_channels(path: Path, cfg: PretrainConfig) -> None:
+def check_channels(path: Path, ckpt: dict, cfg: PretrainConfig) -> None:
     """The backbone's input channels must match the evaluation images (one line, not conv2d)."""
-    ckpt_channels, _ = checkpoint_shapes(load_checkpoint(path))
+    ckpt_channels, _ = checkpoint_shapes(ckpt)
     data_channels = eval_in_channels(cfg)
     if ckpt_channels != data_channels:
         data = f"--data-dir {cfg.data_dir} (RGB)" if cfg.data_dir else "the embedded digits (grey)"
@@ -507,47 +394,6 @@ def check_channels(path: Path, cfg: PretrainConfig) -> None:
             f"checkpoint {path} takes {ckpt_channels}-channel images but {data} gives "
             f"{data_channels}-channel ones; evaluate on the kind of data it was pretrained on"
         )
-
-
-# --------------------------------------------------------------------------- docs
-
-
-def format_result(result: dict) -> str:
-    """The probe and kNN accuracies of one evaluation as a small table (percent)."""
-    cols = [("linear probe", "top1", "top5"), ("kNN k=20", "knn20_top1", "knn20_top5"),
-            ("kNN k=200", "knn200_top1", "knn200_top5")]  # fmt: skip
-    head = f"{'':<8}" + "".join(f"{name:>14}" for name, *_ in cols)
-    rows = [head, "-" * len(head)]
-    for label, i in (("top-1", 1), ("top-5", 2)):
-        vals = "".join(f"{100 * result[c[i]]:>13.1f}%" if c[i] in result else f"{'-':>14}"
-                       for c in cols)  # fmt: skip
-        rows.append(f"{label:<8}{vals}")
-    return "\n".join(rows)
-
-
-def write_docs_section(result: dict, argv: list[str]) -> None:
-    """Replace the `linear_eval` section of docs/results.md with this result and its command."""
-    from scaled.tools.provenance import docs_file, environment, provenance_line, replace_section
-
-    ckpt = load_checkpoint(result["checkpoint"])
-    cfg = ckpt["config"]
-    body = "\n".join([
-        "### Linear probe and kNN (`scaled/linear_eval.py`)",
-        "",
-        f"Command: `python scaled/linear_eval.py {' '.join(argv)}`  ",
-        f"Measured on: {provenance_line(environment('cpu'))}, {result['world_size']} process(es).",
-        "",
-        "```",
-        format_result(result),
-        "```",
-        "",
-        f"Checkpoint: `{result['checkpoint']}` ({cfg['method']}, {cfg['arch']}, step "
-        f"{ckpt['step']}, {cfg['epochs']} pretraining epochs). Mode `{result['mode']}`, "
-        f"{result['epochs']} probe epochs, batch {result['batch_size']}; data: {result['data']} "
-        f"({result['n_train']} train, {result['n_val']} held out). kNN: DINO's weighted vote, "
-        f"T = 0.07, cosine similarity (`scaled/knn.py`). {result['seconds']:.0f} s.",
-    ])  # fmt: skip
-    replace_section(docs_file(), "linear_eval", body)
 
 
 # --------------------------------------------------------------------------- command line
@@ -577,20 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output", default=None, help="JSON path (default: next to the checkpoint)")
     add("--output-dir", default=None, help="full mode checkpoints (default <ckpt>.linear_eval/)")
     add("--resume", choices=("", "auto"), default="", help="auto: continue a full-mode run")
-    add("--write-docs", action="store_true", help="put the result into docs/results.md (checkout)")
     return parser
-
-
-def check_writable(path: Path, flag: str) -> None:
-    """UserError unless `path` can be created or overwritten (checked before any work)."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; pass a file path such as {path}/result.json")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {path}: folder {parent} does not exist or is not writable; "
-                        "pass a path in a writable folder")  # fmt: skip
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"{flag} {path} is not writable; pass another path")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -612,8 +445,8 @@ def make_context(args, cfg: PretrainConfig, path: Path, rank: int, world: int, d
     cuda = device.type == "cuda"
     mode = args.mode or cfg.eval_mode
     batch = args.batch_size or (FULL_BATCH if mode == "full" else FAST_BATCH)
-    if args.num_workers is None:
-        args.num_workers = min(8, (os.cpu_count() or 1) // max(world, 1)) if cuda else 0
+    if args.num_workers is None:  # the CPUs of this process over the ranks of this node
+        args.num_workers = loader_workers(device, local_world_size())
     out_dir = Path(args.output_dir) if args.output_dir else path.with_suffix(".linear_eval")
     amp_dtype = torch.bfloat16 if cuda else None
 
@@ -637,36 +470,43 @@ def make_context(args, cfg: PretrainConfig, path: Path, rank: int, world: int, d
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict, Path, int]:
-    """Run the evaluation `args` describe; returns (result, output path, rank)."""
-    check_args(args)
-    if args.write_docs:
-        from scaled.tools.provenance import checkout_root
+    """Run the evaluation `args` describe; returns (result, output path, rank).
 
-        checkout_root()  # before the work: an installed package has no docs/
-    path = resolve_checkpoint(args.checkpoint)
+    The checkpoint is read once (`find_checkpoint`); its config, weights and shapes all come
+    from that one dict.
+    """
+    check_args(args)
+    path, ckpt = find_checkpoint(args.checkpoint)
     suffix = ".random_init.linear_eval.json" if args.random_init else ".linear_eval.json"
     out = Path(args.output) if args.output else path.with_suffix(suffix)
     check_writable(out, "--output")
-    cfg, backbone = load_backbone(path, random_init=args.random_init)
+    cfg, backbone = load_backbone(path, random_init=args.random_init, ckpt=ckpt)
     if args.data_dir is not None:
         cfg = replace(cfg, data_dir=args.data_dir)
-    check_channels(path, cfg)
+    check_channels(path, ckpt, cfg)
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, _, device = init_distributed(device_type)
     ctx = make_context(args, cfg, path, rank, world, device)
     t0 = time.perf_counter()
     run = full_linear_eval if ctx["mode"] == "full" else fast_linear_eval
     result = run(backbone, cfg, ctx)
+    pretrain = ckpt.get("config", {})
     result.update(
         checkpoint=str(path), mode=ctx["mode"], epochs=ctx["epochs"], batch_size=ctx["batch"],
         world_size=world, random_init=args.random_init, data=cfg.data_dir or "embedded digits",
         seconds=round(time.perf_counter() - t0, 2),
+        pretrain={"method": pretrain.get("method"), "arch": pretrain.get("arch"),
+                  "step": int(ckpt.get("step", -1)), "epochs": pretrain.get("epochs")},
     )  # fmt: skip
     return result, out, rank
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point `minc-linear-eval`; returns the exit status."""
+def main(argv: list[str] | None = None, publish=None) -> int:
+    """Console entry point `minc-linear-eval`; returns the exit status.
+
+    `publish(result)`, when given, runs on rank 0 after the result is saved (the docs writer of
+    `scaled.tools.linear_eval_docs`: the entry point returns results, tools publish them).
+    """
     args = build_parser().parse_args(argv)
     try:
         result, out, rank = evaluate(args)
@@ -678,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps({k: v for k, v in result.items() if k != "classes"}))
-        if args.write_docs:
-            write_docs_section(result, sys.argv[1:] if argv is None else argv)
+        if publish is not None:
+            publish(result)
     cleanup()
     return 0
 

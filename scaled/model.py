@@ -1,9 +1,9 @@
 """Networks: ResNet backbones (torchvision), projector / predictor MLPs, the EMA target.
 
 `phi(x) = projector(backbone(x))` is the representation of the derivation (Eq. 1); the target
-network `phibar` is an exponential moving average of the online weights (Eq. 14) and `Cbar`
-(Eq. 15) is a buffer of `SSLModel`, so both travel in `state_dict()` and in checkpoints (C5).
-No pretrained weights are ever loaded.
+network `phibar` is an exponential moving average of the online weights (Eq. 14); both travel
+in `state_dict()` and in checkpoints (C5), beside the loss module's `Cbar` (Eq. 15,
+`scaled.objective.MINCLoss`). No pretrained weights are ever loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from scaled.config import PretrainConfig, has_target_network, resolved_predictor
-from scaled.ema import ema_update
 
 
 class ResNetBackbone(torchvision.models.ResNet):
@@ -195,18 +194,18 @@ def target_tau(step: int, total_steps: int, tau_base: float) -> float:
 
 
 class SSLModel(nn.Module):
-    """Online network, optional EMA target and the `Cbar` buffer (k x k, Eq. 15).
+    """Online network and, where the method has one, the EMA target network (Eq. 14).
 
-    The two EMAs live here, beside their state (as DINO keeps its centre beside the head):
-    `update_target` (Eq. 14) and `update_cbar` (Eq. 15). Which a method uses is its row of
-    `scaled.config.METHOD_TABLE`.
+    The target's EMA lives here, beside its weights (`update_target`); the loss's own state
+    (MINC's `Cbar`, Eq. 15) lives in the loss module (`scaled.objective.MINCLoss`). Which parts a
+    method uses is its row of `scaled.objective.METHOD_TABLE`.
     """
 
     def __init__(self, cfg: PretrainConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
+        self.method = cfg.method
         self.online = OnlineNetwork(cfg, in_channels, num_classes if cfg.online_probe else 0)
         self.target = TargetNetwork(self.online) if has_target_network(cfg) else None
-        self.register_buffer("Cbar", torch.zeros(cfg.proj_out, cfg.proj_out))
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
@@ -219,16 +218,6 @@ class SSLModel(nn.Module):
         ob = [*self.online.backbone.buffers(), *self.online.projector.buffers()]
         tb = [*self.target.backbone.buffers(), *self.target.projector.buffers()]
         torch._foreach_copy_(tb, ob)
-
-    @torch.no_grad()
-    def update_cbar(self, C_batch: torch.Tensor, beta: float, *, first: bool) -> None:
-        """Cbar <- beta Cbar + (1 - beta) C_batch, in place (Eq. 15).
-
-        `first`: the run's first step, where Cbar starts at C_batch (C11: no zero-start bias).
-        With `C_batch` from `global_second_moment`, Cbar is identical on every rank.
-        """
-        C_batch = C_batch.detach().to(self.Cbar.dtype)
-        self.Cbar.copy_(C_batch if first else ema_update(self.Cbar, C_batch, beta))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,18 +1,19 @@
 """Self-supervised pretraining: `torchrun --nproc_per_node=N scaled/pretrain.py --preset NAME`.
 
-One trainer for every method; only the loss differs (`ssl_loss`). Read top to bottom: set-up,
-resume, the step loop, logging, checkpoints. MINC's step (Eq. 15, 20, 22):
+One trainer for every method; only the loss module differs (`scaled.objective`). Read top to
+bottom: the run state, `train_step`, logs and checkpoints, set-up, `train`. MINC's step (Eq. 15,
+20, 22), inside `MINCLoss`:
 
     t1, t2 = target(x1), target(x2)                      # phibar, no gradient
     C_batch = global_second_moment(cat(t1, t2))          # all-reduce over the global batch
     Cbar <- beta Cbar + (1 - beta) C_batch               # identical on every rank
     loss = (minc(phi(x1), t2, Cbar) + minc(phi(x2), t1, Cbar)) / 2
 
-Exit status: 0 done or preempted (SIGTERM/SIGUSR1: checkpoint at the next step boundary on
-every rank, then exit 0), 2 user error, 3 non-finite loss, 4 checkpoint write failed, 130
-interrupted by SIGINT / Ctrl-C (checkpoint at the next step boundary, as for SIGTERM).
-No host synchronisation happens per step except at log intervals and checkpoints (the
-preemption flag is agreed through a CPU/gloo all-reduce, which does not wait for the GPU).
+Exit status (`scaled.lifecycle`): 0 done or preempted (SIGTERM/SIGUSR1: checkpoint at the next
+step boundary on every rank, then exit 0), 2 user error, 3 non-finite loss, 4 checkpoint write
+failed, 130 interrupted by SIGINT / Ctrl-C (checkpoint at the next step boundary, as for
+SIGTERM). No host synchronisation happens per step except at log intervals and checkpoints (the
+stop flag is agreed through a CPU/gloo all-reduce, which does not wait for the GPU).
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ if __package__ in (None, ""):  # run as a file (`torchrun scaled/pretrain.py`): 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
-import fcntl
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -39,20 +38,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from scaled.augment import device_stage
-from scaled.checkpoint import (
-    atomic_save,
-    checkpoint_path,
-    list_checkpoints,
-    load_checkpoint,
-    missing_training_keys,
-    newest_valid_checkpoint,
-    prune_checkpoints,
-    restore,
-    training_state,
-)
+from scaled.checkpoint import atomic_save, checkpoint_path, prune_checkpoints, training_state
 from scaled.config import (
     PretrainConfig,
-    UserError,
     config_json,
     config_to_dict,
     nan_fault_step,
@@ -69,182 +57,27 @@ from scaled.data import (
     resolved_loader,
     worker_error_text,
 )
-from scaled.distributed import cleanup, global_second_moment, init_distributed
+from scaled.distributed import cleanup, init_distributed
+from scaled.errors import UserError
 from scaled.health import CollapseMonitor, representation_health
 from scaled.knn import knn_due, knn_monitor, monitor_sets
-from scaled.losses import (
-    alpha_loss_batch,
-    byol_loss_batch,
-    loss_features,
-    minc_loss_batch,
-    simclr_loss_batch,
-    simsiam_loss_batch,
-    spectral_loss_batch,
+from scaled.lifecycle import (
+    EXIT_INTERRUPTED,
+    EXIT_NONFINITE,
+    EXIT_USER,
+    EXIT_WRITE,
+    RunError,
+    StopSignals,
+    claim_output_dir,
+    exit_code,
+    ignore_stop_signals,
 )
 from scaled.model import SSLModel, target_tau
+from scaled.objective import build_objective, ssl_loss, target_features
 from scaled.optim import build_optimizer, build_scheduler
+from scaled.resume import resume, world_size_change  # noqa: F401  (world_size_change: tests)
 
-EXIT_USER, EXIT_NONFINITE, EXIT_WRITE, EXIT_INTERRUPTED = 2, 3, 4, 130
-
-
-class RunError(Exception):
-    """A run that must stop with exit status `code` and the one-line `error: ...` message."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --------------------------------------------------------------------------- preemption
-
-# Set by the signal handler: 0 none, 1 SIGTERM/SIGUSR1 (preempted: exit 0), 2 SIGINT (exit 130).
-_PREEMPT = {"flag": 0, "agreed": 0}
-STOP_SIGNALS = {signal.SIGTERM: 1, signal.SIGUSR1: 1, signal.SIGINT: 2}
-
-
-def _on_preempt_signal(signum, frame) -> None:
-    _PREEMPT["flag"] = max(_PREEMPT["flag"], STOP_SIGNALS.get(signum, 1))
-
-
-def install_stop_handlers() -> dict:
-    """SIGTERM, SIGUSR1 and SIGINT set the flag (checkpoint at the next step boundary);
-    returns the previous handlers (for `restore_handlers`)."""
-    _PREEMPT["flag"] = 0
-    return {sig: signal.signal(sig, _on_preempt_signal) for sig in STOP_SIGNALS}
-
-
-def restore_handlers(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """Data-loader `worker_init_fn`: workers ignore SIGTERM/SIGINT/SIGUSR1.
-
-    SLURM's time limit and `scancel` signal the whole process group and Ctrl-C signals the
-    foreground group: workers that died of it first would make the main process raise
-    "DataLoader worker ... killed by signal" before it could checkpoint. The main process
-    handles the signal at the next step boundary and then shuts its workers down.
-    """
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def preemption_requested(group) -> int:
-    """Whether any rank got a stop signal: 0 no, 1 SIGTERM/SIGUSR1, 2 SIGINT (a CPU all-reduce
-    of the flags, MAX over ranks; no GPU sync)."""
-    if not dist.is_initialized():
-        return _PREEMPT["flag"]
-    flag = torch.tensor([int(_PREEMPT["flag"])], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    return int(flag.item())
-
-
-# --------------------------------------------------------------------------- the loss
-
-
-def target_features(
-    cfg: PretrainConfig, model: SSLModel, out: dict[str, torch.Tensor], x1, x2
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """phibar of both views, without gradient (Eq. 12, 14); None for methods without phibar.
-
-    From the EMA target network when the run has one, else phibar = sg(phi) (Eq. 12 defaults).
-    """
-    if not traits(cfg).phibar:
-        return None
-    with torch.no_grad():
-        if model.target is not None:
-            return model.target(x1), model.target(x2)
-        return out["z1"].detach(), out["z2"].detach()
-
-
-def ssl_loss(
-    cfg: PretrainConfig,
-    out: dict[str, torch.Tensor],
-    targets: tuple[torch.Tensor, torch.Tensor] | None,
-    Cbar: torch.Tensor | None,
-    *,
-    distributed: bool,
-) -> torch.Tensor:
-    """The self-supervised loss of `cfg.method` for one (micro-)batch; pure (mutates nothing).
-
-    `out` is the online network's output (z: projector, p: predictor, identity by default C3),
-    `targets` the phibar features `target_features` returned, `Cbar` the k x k EMA (Eq. 15).
-    Each view is compared with the other view's target and the two halves averaged.
-    """
-    p1, p2 = out["p1"], out["p2"]
-    if cfg.method == "byol":
-        t1, t2 = targets
-        return byol_loss_batch(p1, t2) + byol_loss_batch(p2, t1)
-    if cfg.method == "simsiam":  # targets: sg(z) of the same network (no EMA target)
-        t1, t2 = targets
-        return 0.5 * (simsiam_loss_batch(p1, t2) + simsiam_loss_batch(p2, t1))
-    if cfg.method in ("minc", "noncontrastive"):  # (Eq. 20; Eq. 9 without GHA)
-        t1, t2 = targets
-        gha = traits(cfg).gha
-        return 0.5 * (
-            minc_loss_batch(p1, t2, Cbar, gha=gha) + minc_loss_batch(p2, t1, Cbar, gha=gha)
-        )
-    if cfg.method == "spectral":  # (Eq. 19)
-        return spectral_loss_batch(
-            p1, p2, include_diagonal=cfg.include_diagonal, distributed=distributed
-        )
-    if cfg.method == "alpha":  # (Eq. 21)
-        return alpha_loss_batch(
-            p1,
-            p2,
-            cfg.alpha,
-            include_diagonal=cfg.include_diagonal,
-            estimator=cfg.alpha_estimator,
-            distributed=distributed,
-        )
-    if cfg.method == "simclr":
-        return simclr_loss_batch(p1, p2, temperature=cfg.temperature, distributed=distributed)
-    raise ValueError(f"unknown method {cfg.method!r}")
-
-
-def feature_map_applies(cfg: PretrainConfig) -> bool:
-    """Whether `--feature-norm` changes the features this method's loss sees (C12)."""
-    return cfg.feature_norm > 0 and traits(cfg).feature_norm
-
-
-def normalize_for_loss(cfg: PretrainConfig, out: dict, targets):
-    """(out, targets) through `--feature-norm-kind` at radius sqrt(mu) where the method takes it.
-
-    sphere (Eq. 23) or clip (Eq. 24); see `scaled.losses.loss_features`.
-    """
-    if not feature_map_applies(cfg):
-        return out, targets
-    kind, mu = cfg.feature_norm_kind, cfg.feature_norm
-    out = {
-        **out,
-        "p1": loss_features(out["p1"], kind, mu),
-        "p2": loss_features(out["p2"], kind, mu),
-    }
-    if targets is not None:
-        targets = tuple(loss_features(t, kind, mu) for t in targets)
-    return out, targets
-
-
-def statistics_and_loss(
-    cfg: PretrainConfig,
-    model: SSLModel,
-    out: dict[str, torch.Tensor],
-    targets: tuple[torch.Tensor, torch.Tensor] | None,
-    *,
-    first_step: bool,
-    distributed: bool,
-) -> torch.Tensor:
-    """The statistics (global C_batch, Cbar EMA: Eq. 15, 22) and then the loss (Eq. 19-21)."""
-    out, targets = normalize_for_loss(cfg, out, targets)
-    if traits(cfg).cbar:
-        source = targets if cfg.cbar_source == "target" else (out["p1"], out["p2"])
-        C_batch = global_second_moment(torch.cat([s.detach() for s in source]))
-        model.update_cbar(C_batch, cfg.beta, first=first_step)
-    loss = ssl_loss(cfg, out, targets, model.Cbar, distributed=distributed)
-    if feature_map_applies(cfg) and cfg.feature_norm_kind == "clip":
-        loss = loss / cfg.feature_norm  # HaoChen et al.'s D returns (part1 + part2) / mu
-    return loss
+__all__ = ["RunError", "RunState", "build_run_state", "main", "train", "train_step"]
 
 
 # --------------------------------------------------------------------------- the run state
@@ -254,12 +87,14 @@ def statistics_and_loss(
 class RunState:
     """What the step, the log and the checkpoint share: the modules, the position, the meters.
 
-    `online` is what the step calls (DDP / compiled wrapper of `model.online`); the meters in
+    `online` is what the step calls (DDP / compiled wrapper of `model.online`), `objective` the
+    loss module that `build_objective` made for the method; the meters in
     `acc` and `bad_step` are device tensors, read only at log intervals and checkpoints.
     """
 
     cfg: PretrainConfig
     model: SSLModel
+    objective: torch.nn.Module  # the loss module (`scaled.objective`), with its state (Cbar)
     online: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -284,6 +119,13 @@ class RunState:
     t_log: float = 0.0
     steps_since_log: int = 0
     extra_metrics: dict[str, float] = dataclass_field(default_factory=dict)  # the kNN monitor's
+    lock: object = None  # rank 0's `OutputDirLock` on --output-dir
+
+    def release(self) -> None:
+        """Let go of the output folder's lock (rank 0; a no-op elsewhere or when released)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def autocast(self):
         """bf16/fp16 autocast on the run's device (CUDA or CPU) when the run uses it, else a
@@ -327,7 +169,8 @@ def build_run_state(
     local_rank: int = 0,
     steps_per_epoch: int = 1,
 ) -> RunState:
-    """Model, optimiser, schedules, grad scaler and wrappers for `cfg` (no data, no logger)."""
+    """Model, loss module, optimiser, schedules, grad scaler and wrappers for `cfg` (no data,
+    no logger)."""
     cuda = device.type == "cuda"
     total_steps = cfg.epochs * steps_per_epoch
     model = SSLModel(cfg, in_channels, num_classes)
@@ -338,6 +181,7 @@ def build_run_state(
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format, amp_dtype = precision_and_format(cfg, device.type)
     model.to(device, memory_format=memory_format)
+    objective = build_objective(cfg).to(device)
     optimizer = build_optimizer(model.online, cfg)
     scheduler = build_scheduler(optimizer, total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     # fp16 has 5 exponent bits: small gradients underflow without loss scaling (CPU and CUDA).
@@ -353,6 +197,7 @@ def build_run_state(
     return RunState(
         cfg=cfg,
         model=model,
+        objective=objective,
         online=online,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -394,9 +239,9 @@ def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
     augments on the device, batched.
 
     For each micro-batch: both views through the online network, the target forward, the
-    statistics and the loss (`statistics_and_loss`), backward (DDP syncs on the last one only);
-    then the optimiser, the lr schedule and the target EMA (Eq. 14). No host synchronisation:
-    the loss and the meters stay on the device.
+    loss module (its statistics first: MINC's global C_batch and Cbar EMA), backward (DDP
+    syncs on the last one only); then the optimiser, the lr schedule and the target EMA
+    (Eq. 14). No host synchronisation: the loss and the meters stay on the device.
     """
     cfg, model = run.cfg, run.model
     n = len(micro_batches)
@@ -408,15 +253,8 @@ def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
         with contextlib.nullcontext() if sync else run.online.no_sync():
             with run.autocast():
                 out = run.online(x1, x2)
-                targets = target_features(cfg, model, out, x1, x2)
-                loss = statistics_and_loss(
-                    cfg,
-                    model,
-                    out,
-                    targets,
-                    first_step=run.step == 0 and k == 0,
-                    distributed=run.world > 1,
-                )
+                targets = target_features(model, out, x1, x2)
+                loss = ssl_loss(run.objective, out, targets)
                 total = loss + probe_loss(run, out, labels)
             run.scaler.scale(total / n).backward()
         run.acc["loss"] += loss.detach().float() / n
@@ -540,9 +378,8 @@ def log_metrics(run: RunState) -> None:
     metrics.update(run.extra_metrics)
     run.extra_metrics.clear()
     if run.rank == 0 and run.last_z is not None:
-        row = traits(cfg)
-        Cbar = run.model.Cbar if row.cbar else None
-        health = representation_health(run.last_z, Cbar, gha=row.gha)
+        Cbar = getattr(run.objective, "Cbar", None)
+        health = representation_health(run.last_z, Cbar, gha=traits(cfg).gha)
         metrics.update(health)
         warning = run.monitor.check(step, health)
         if warning:
@@ -564,17 +401,6 @@ def resolve_device(cfg: PretrainConfig) -> str:
     if want == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is visible; pass --device cpu")
     return want
-
-
-def config_changes(old: dict, new: PretrainConfig) -> list[str]:
-    """Fields that differ between a checkpoint's config and this run's (resume report)."""
-    ignore = {"resume", "max_steps", "output_dir", "fault_inject", "num_workers", "log_every"}
-    new_d = config_to_dict(new)
-    return [
-        f"{k}: {old.get(k)!r} -> {v!r}"
-        for k, v in new_d.items()
-        if k not in ignore and k in old and old[k] != v
-    ]
 
 
 def check_batch_divisible(cfg: PretrainConfig, world: int) -> None:
@@ -614,150 +440,6 @@ def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, lo
         raise UserError(str(err)) from None
 
 
-def find_resume_checkpoint(cfg: PretrainConfig) -> tuple[Path, dict] | None:
-    """The checkpoint `--resume` names (auto: the newest readable one in --output-dir; a run
-    folder: the newest readable one there; a file: that file), or None."""
-    existing = list_checkpoints(cfg.output_dir)
-    if existing and not cfg.resume:
-        raise UserError(
-            f"{cfg.output_dir} already holds checkpoints (newest {existing[-1].name}); pass "
-            "--resume auto to continue that run or a new --output-dir"
-        )
-    if not cfg.resume:
-        return None
-    if cfg.resume == "auto":
-        return newest_valid_checkpoint(cfg.output_dir)
-    if Path(cfg.resume).is_dir():
-        found = newest_valid_checkpoint(cfg.resume)
-        if found is None:
-            raise UserError(
-                f"--resume {cfg.resume} holds no readable checkpoint (ckpt_*.pt); pass a "
-                "checkpoint file, another run folder or --resume auto"
-            )
-        return found
-    if not Path(cfg.resume).is_file():
-        raise UserError(
-            f"--resume {cfg.resume} does not exist; pass a checkpoint, a run folder or auto"
-        )
-    try:
-        ckpt = load_checkpoint(cfg.resume)
-    except Exception as err:  # any failure to load: say which file and what to do
-        raise UserError(
-            f"checkpoint {cfg.resume} is unreadable ({type(err).__name__}); "
-            "pass another --resume path or --resume auto"
-        ) from None
-    missing = missing_training_keys(ckpt)
-    if missing:
-        raise UserError(
-            f"{cfg.resume} is not a pretrain.py checkpoint (no {', '.join(missing)}); pass a "
-            "ckpt_*.pt file that pretrain.py wrote, its run folder or --resume auto"
-        )
-    return Path(cfg.resume), ckpt
-
-
-def world_size_change(ckpt: dict, cfg: PretrainConfig, world: int) -> str | None:
-    """The resume line for a run continued on a different number of ranks (None: same).
-
-    Per-rank micro-batch = global batch / (world x accumulation), each side from its own run;
-    the global batch (and with it the composition of every global batch) is unchanged only
-    when --batch-size is.
-    """
-    old_world = int(ckpt["world_size"])
-    if old_world == world:
-        return None
-    old = ckpt.get("config", {})
-    old_batch = int(old.get("batch_size", cfg.batch_size))
-    old_accum = int(old.get("accum_steps", cfg.accum_steps))
-    old_micro = old_batch // (old_world * old_accum)
-    new_micro = cfg.batch_size // (world * cfg.accum_steps)
-    if old_batch == cfg.batch_size:
-        batch = f"global batch {cfg.batch_size} unchanged: data order and augmentations too"
-    else:
-        batch = f"global batch {old_batch} -> {cfg.batch_size}: the batches differ from here"
-    return (
-        f"resume: world size {old_world} -> {world}; per-rank micro-batch {old_micro} x "
-        f"{old_accum} accumulation -> {new_micro} x {cfg.accum_steps}; {batch}"
-    )
-
-
-def resume(run: RunState) -> None:
-    """Continue from `--resume` (weights, optimiser, schedules, RNG, step), reporting changes."""
-    cfg = run.cfg
-    found = find_resume_checkpoint(cfg)
-    if found is None:
-        if cfg.resume == "auto":
-            say(run, f"resume: no readable checkpoint in {cfg.output_dir}; starting from step 0")
-        return
-    path, ckpt = found
-    restore(run, ckpt, path)
-    run.last_good = path
-    say(run, f"resume: {path} at step {run.step} (epoch {ckpt['epoch']})")
-    change = world_size_change(ckpt, cfg, run.world)
-    if change:
-        say(run, change)
-    for change in config_changes(ckpt["config"], cfg):
-        say(run, f"resume: config changed: {change}")
-
-
-# One exclusive lock per run folder, held by rank 0 until its process ends.
-_LOCK: dict = {"file": None}
-
-
-def lock_output_dir(out: Path):
-    """Create `out` and take an exclusive `fcntl.flock` on `out/.lock` (holding our pid).
-
-    The kernel releases the lock when the process dies (crash, SIGKILL), so a stale lock file
-    never blocks a new run; only a live run holding it does (UserError).
-    """
-    fix = "pass an --output-dir you can write"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / ".lock", "a+")  # held open for the whole run
-    except OSError as err:
-        msg = f"--output-dir {out} cannot be used ({err.strerror or err}); {fix}"
-        raise UserError(msg) from None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        pid = fh.read().strip() or "?"
-        fh.close()
-        raise UserError(
-            f"--output-dir {out} is in use by another run (pid {pid}, lock {out / '.lock'}); "
-            "wait for it to finish or pass another --output-dir"
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
-    return fh
-
-
-def claim_output_dir(cfg: PretrainConfig, rank: int, world: int, group) -> None:
-    """Rank 0 creates and locks --output-dir (`lock_output_dir`); every rank agrees on the
-    outcome (a CPU all-reduce), so all of them stop with exit 2 when it fails."""
-    problem = ""
-    release_output_dir()  # a previous train() in this process (tools, notebooks) that raised
-    if rank == 0:
-        try:
-            _LOCK["file"] = lock_output_dir(Path(cfg.output_dir))
-        except UserError as err:
-            problem = str(err)
-    if world > 1:
-        flag = torch.tensor([int(not problem)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
-        if not flag.item() and not problem:
-            problem = f"rank 0 could not claim --output-dir {cfg.output_dir}; see its error"
-    if problem:
-        raise UserError(problem)
-
-
-def release_output_dir() -> None:
-    if _LOCK["file"] is not None:
-        _LOCK["file"].close()  # closing the file releases the flock
-        _LOCK["file"] = None
-
-
 def start_logging(run: RunState, last_step: int, device_type: str) -> None:
     """run_info.json, the printed config, the metrics logger and the collapse monitor."""
     from scaled.runlog import RunLogger, write_run_info
@@ -783,8 +465,9 @@ def start_logging(run: RunState, last_step: int, device_type: str) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def train(cfg: PretrainConfig) -> int:
-    """Run pretraining with `cfg`; returns the exit status (0) or raises RunError/UserError."""
+def set_up(cfg: PretrainConfig) -> tuple[RunState, object, GlobalBatchSampler, int]:
+    """Device, process group, data, run state, the output folder's lock, resume and logging;
+    returns (run, loader, sampler, last step). On failure the lock is released again."""
     device_type = resolve_device(cfg)
     # Checked before the process group exists, so every rank fails alike with one line instead
     # of a peer crashing inside init_process_group after rank 0 has left.
@@ -814,14 +497,17 @@ def train(cfg: PretrainConfig) -> int:
     )  # fmt: skip
     if world > 1 and dist.get_backend() != "gloo":
         run.control = dist.new_group(backend="gloo")  # host-side flags without GPU syncs
-    claim_output_dir(cfg, rank, world, run.control)
-    resume(run)
-    if cfg.knn_every:
-        monitor_sets(cfg)  # scan the labelled data now: a missing val/ fails before step 1
-    last_step = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
-    start_logging(run, last_step, device_type)
+    run.lock = claim_output_dir(cfg.output_dir, rank, world, run.control)
+    try:
+        resume(run, lambda msg: say(run, msg))
+        if cfg.knn_every:
+            monitor_sets(cfg)  # scan the labelled data now: a missing val/ fails before step 1
+        last_step = min(run.total_steps, cfg.max_steps) if cfg.max_steps else run.total_steps
+        start_logging(run, last_step, device_type)
+    except BaseException:
+        run.release()
+        raise
     say(run, f"input pipeline: --loader {cfg.loader} -> {loader_kind}")
-    previous_handlers = install_stop_handlers()
     loader = dali or DataLoader(
         dataset,
         batch_size=micro,
@@ -832,33 +518,50 @@ def train(cfg: PretrainConfig) -> int:
         drop_last=False,
         worker_init_fn=ignore_stop_signals,
     )
+    return run, loader, sampler, last_step
+
+
+def train_one_epoch(run: RunState, loader, sampler, last_step: int, stop, step_fn) -> int | None:
+    """The steps from `run.step` to the end of its epoch (or to `last_step`); the exit status
+    when a stop signal ended the run (checkpoint written), else None."""
+    spe = run.steps_per_epoch
+    sampler.set_epoch(run.step // spe)
+    sampler.set_start_step(run.step % spe)  # a resumed run continues inside its epoch
+    batches = iter(loader)
+    for _ in range(run.step % spe, spe):
+        step_fn(run, [next(batches) for _ in range(run.cfg.accum_steps)])
+        code = end_of_step(run, last_step, stop)
+        if code is not None:
+            return code
+        if run.step >= last_step:
+            break
+    return None
+
+
+def train(cfg: PretrainConfig) -> int:
+    """Run pretraining with `cfg`; returns the exit status (0, or 130 after SIGINT) or raises
+    RunError / UserError."""
+    run, loader, sampler, last_step = set_up(cfg)
     nan_step = nan_fault_step(cfg)
     step_fn = train_step if nan_step is None else with_nan_fault(train_step, nan_step)
     try:
-        while run.step < last_step:
-            epoch = run.step // steps_per_epoch
-            sampler.set_epoch(epoch)
-            sampler.set_start_step(run.step % steps_per_epoch)
-            batches = iter(loader)
-            for _ in range(run.step % steps_per_epoch, steps_per_epoch):
-                step_fn(run, [next(batches) for _ in range(cfg.accum_steps)])
-                if not end_of_step(run, last_step):
-                    return EXIT_INTERRUPTED if _PREEMPT["agreed"] == 2 else 0
-                if run.step >= last_step:
-                    break
+        with StopSignals() as stop:
+            while run.step < last_step:
+                code = train_one_epoch(run, loader, sampler, last_step, stop, step_fn)
+                if code is not None:
+                    return code
         say(run, f"done: {run.step} steps; checkpoint {run.last_good}")
         return 0
     finally:
         run.logger.close()
-        restore_handlers(previous_handlers)
-        release_output_dir()
+        run.release()
 
 
-def end_of_step(run: RunState, last_step: int) -> bool:
-    """Log and checkpoint when due; False when preempted (checkpoint written; stop with 0, or
-    130 for SIGINT: `_PREEMPT["agreed"]` holds which)."""
+def end_of_step(run: RunState, last_step: int, stop: StopSignals) -> int | None:
+    """Log and checkpoint when due; when a stop signal was agreed, the checkpoint is written
+    and the exit status returned (0 preempted, 130 SIGINT); else None."""
     cfg, step = run.cfg, run.step
-    preempt = _PREEMPT["agreed"] = preemption_requested(run.control)
+    preempt = stop.agreed(run.control)
     if knn_due(cfg, step, run.steps_per_epoch):
         kw = dict(rank=run.rank, world=run.world, device=run.device, amp_dtype=run.amp_dtype)
         run.extra_metrics.update(knn_monitor(run.model, cfg, **kw))
@@ -872,10 +575,11 @@ def end_of_step(run: RunState, last_step: int) -> bool:
     if checkpoint_due or preempt:
         save_checkpoint(run)
     if preempt:
-        what, code = ("interrupted", EXIT_INTERRUPTED) if preempt == 2 else ("preempted", 0)
+        code = exit_code(preempt)
+        what = "interrupted" if code == EXIT_INTERRUPTED else "preempted"
         run.logger.write(f"{what}: checkpoint {run.last_good} at step {step}; exit {code}")
-        return False
-    return True
+        return code
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -906,7 +610,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         code = EXIT_INTERRUPTED
     finally:
-        release_output_dir()
         with contextlib.suppress(Exception):
             cleanup()
     return code

@@ -22,7 +22,7 @@ from scaled.config import demo
 from scaled.data import GlobalBatchSampler, pretrain_dataset
 from scaled.distributed import init_distributed
 from scaled.model import SSLModel
-from scaled.pretrain import statistics_and_loss, target_features
+from scaled.objective import build_objective, ssl_loss, target_features
 
 
 def first_step_gradients(method: str, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
@@ -39,14 +39,16 @@ def first_step_gradients(method: str, rank: int = 0, world: int = 1) -> dict[str
     x1 = torch.stack([it[0] for it in items]).double()
     x2 = torch.stack([it[1] for it in items]).double()
     model = SSLModel(cfg, in_ch, n_cls).double()
+    objective = build_objective(cfg).double()
     model.eval()  # BatchNorm: per-sample forward (see module docstring)
     online = DistributedDataParallel(model.online) if world > 1 else model.online
     out = online(x1, x2)
-    targets = target_features(cfg, model, out, x1, x2)
-    loss = statistics_and_loss(cfg, model, out, targets, first_step=True, distributed=world > 1)
+    targets = target_features(model, out, x1, x2)
+    loss = ssl_loss(objective, out, targets)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.online.named_parameters()}
-    grads["Cbar"] = model.Cbar.clone()
+    if hasattr(objective, "Cbar"):
+        grads["Cbar"] = objective.Cbar.clone()
     return grads
 
 

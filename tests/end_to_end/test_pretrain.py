@@ -49,7 +49,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert sa["model"].keys() == sb["model"].keys()
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
-    assert sa["model"]["Cbar"].abs().sum() > 0
+    assert sa["objective"]["Cbar"].abs().sum() > 0
 
 
 def test_resume_auto_skips_an_unreadable_checkpoint(tmp_path, capsys):

@@ -82,7 +82,7 @@ def _run_steps(rank: int, world: int) -> list[dict]:
         parts = (model.online.backbone, model.online.projector)
         before = {
             "target": _weights((model.target.backbone, model.target.projector)),
-            "Cbar": model.Cbar.clone(),
+            "Cbar": run.objective.Cbar.clone(),
             "step": run.step,
         }
         labels, skipped = torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long)
@@ -96,7 +96,7 @@ def _run_steps(rank: int, world: int) -> list[dict]:
                 "grad_p2": seen["grad"][1],
                 "t1": seen["t"][0],
                 "t2": seen["t"][1],
-                "Cbar_after": model.Cbar.clone(),
+                "Cbar_after": run.objective.Cbar.clone(),
                 "online_after": _weights(parts),
                 "target_after": _weights((model.target.backbone, model.target.projector)),
                 "online_buffers": [t.clone() for m in parts for t in m.buffers()],

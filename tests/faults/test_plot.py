@@ -114,10 +114,10 @@ def _fake_checkpointed_run(run_dir: Path) -> None:
     )
     torch.manual_seed(0)
     model = SSLModel(cfg, 1, 10)
-    model.Cbar.copy_(torch.diag(torch.linspace(1.0, 0.1, 8)))
     ckpt = {
         "schema": SCHEMA_VERSION,
         "model": model.state_dict(),
+        "objective": {"Cbar": torch.diag(torch.linspace(1.0, 0.1, 8)), "updates": torch.tensor(20)},
         "config": config_to_dict(cfg),
         "arch": cfg.arch,
         "in_channels": 1,

@@ -30,13 +30,15 @@ def step_functions(
 
     step: ``scaled.pretrain.train_step`` on one micro-batch (the trainer's step: both views through
     the online net, target forward, statistics and loss, backward, optimizer, target EMA).
-    loss: ``statistics_and_loss`` alone on fixed projector outputs and cached target features
-    (C_batch, Cbar EMA, Eq. 15, 20), with its backward. ema: ``update_target`` (Eq. 14).
+    loss: the loss module (``scaled.objective``) alone on fixed projector outputs and cached
+    target features (C_batch, Cbar EMA, Eq. 15, 20), with its backward.
+    ema: ``update_target`` (Eq. 14).
     """
     from dataclasses import replace
 
     from scaled.config import PretrainConfig, traits
-    from scaled.pretrain import build_run_state, statistics_and_loss, train_step
+    from scaled.objective import ssl_loss
+    from scaled.pretrain import build_run_state, train_step
 
     cfg = replace(
         PretrainConfig(),
@@ -67,9 +69,7 @@ def step_functions(
         p1.grad = p2.grad = None
         with run.autocast():
             out = {"z1": p1, "z2": p2, "p1": p1, "p2": p2}
-            loss = statistics_and_loss(
-                cfg, run.model, out, targets, first_step=False, distributed=False
-            )
+            loss = ssl_loss(run.objective, out, targets)
         loss.backward()
 
     def ema() -> None:
@@ -205,13 +205,13 @@ def step_notes(reps: int, cuda: bool) -> str:
     notes = f"""
 Synthetic data (random tensors, no loader), median of {reps} interleaved steps after one warm-up.
 "SSL step" is the trainer's own step, `scaled.pretrain.train_step`: both views through the online
-network, the target forward of both views, `statistics_and_loss` (`C_batch` and the `Cbar` EMA
+network, the target forward of both views, the loss module (`C_batch` and the `Cbar` EMA
 for MINC, the loss), the backward, the optimizer step (LARS), the lr schedule and the target EMA
 (Eq. 14). "supervised" is one view through the same backbone with a 1000-class linear head, cross
 entropy, SGD. By operation count an SSL step with a target network (minc, byol) is about 2.7x a
 supervised one (two views forward + backward, two target forwards: 8 vs 3 forward-equivalents);
 spectral and simclr have no target network (6 vs 3: about 2x); byol adds an MLP predictor.
-"loss + statistics" is `statistics_and_loss` alone on fixed projector outputs and cached target
+"loss + statistics" is the loss module alone on fixed projector outputs and cached target
 features, "target EMA" is `update_target`, each timed on its own and given as a share of the
 step. Targets on a GPU at B 256, k 256: loss + statistics < 3%, EMA < 2%.
 """
