@@ -68,3 +68,16 @@ def test_sbm_is_reproducible_from_rng():
     a = graphs.stochastic_block_model((5, 4), 0.8, 0.2, np.random.default_rng(7))
     b = graphs.stochastic_block_model((5, 4), 0.8, 0.2, np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
+
+
+def test_sample_pairs_follows_W():
+    """Positive pairs drawn by the reference (Eq. 2) have frequencies W_ij: within 4 binomial sd."""
+    from reference.graph_train import sample_pairs
+
+    W = graphs.grid_graph(4, 6)
+    n = 200_000
+    i, j = sample_pairs(W, n, np.random.default_rng(0))
+    counts = np.zeros_like(W)
+    np.add.at(counts, (i, j), 1.0)
+    assert np.abs(counts / n - W).max() < 4 * np.sqrt(W.max() / n)
+    assert counts[W == 0].sum() == 0  # never a pair the graph does not have

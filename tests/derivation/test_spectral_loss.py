@@ -8,6 +8,7 @@ from scipy.stats import ortho_group
 
 from reference import graphs, losses
 from reference.tolerances import tol
+from tests.conftest import make_graph
 from tests.derivation.finite_differences import assert_gradient
 from tests.gradient_checks import assert_gradient_close
 
@@ -131,9 +132,22 @@ def f_alpha(u, alpha):
     return (u**alpha - alpha * u - (1 - alpha)) / (alpha * (alpha - 1))
 
 
-@pytest.mark.parametrize("alpha", [2.0, 1.5, 3.0])
+def critic_features(S: np.ndarray) -> np.ndarray:
+    """phi (N x N) with phi phi^T = S, for a PSD S (the critic s_ij = phi_i^T phi_j = S_ij)."""
+    vals, vecs = np.linalg.eigh(S)
+    assert vals.min() > -1e-10 * vals.max(), "S is not PSD: no features give this critic"
+    phi = vecs * np.sqrt(np.maximum(vals, 0))
+    np.testing.assert_allclose(phi @ phi.T, S, rtol=1e-10, atol=1e-10 * np.abs(S).max())
+    return phi
+
+
+@pytest.mark.parametrize("alpha", [2.0, 3.0, 4.0])
 def test_alpha_bound_at_the_optimal_critic_is_the_divergence(graph, alpha):
-    """(Eq. 17) with the true density ratio r = W_ij / (w_i w_j) equals D_{f_alpha} (Eq. 16)."""
+    """(Eq. 17) with the true density ratio r = W_ij / (w_i w_j) equals D_{f_alpha} (Eq. 16), and
+    so does `losses.alpha_mi_bound` (Eq. 18) at the features whose critic is the optimal one,
+    phi_i^T phi_j = r_ij^(alpha - 1). That critic is PSD for integer alpha - 1: r is PSD on
+    these lazy graphs and elementwise powers of a PSD matrix are PSD (Schur product theorem).
+    """
     W, _ = graph
     w = graphs.marginal(W)
     P = np.outer(w, w)
@@ -141,7 +155,62 @@ def test_alpha_bound_at_the_optimal_critic_is_the_divergence(graph, alpha):
     divergence = np.sum(P * f_alpha(r, alpha))
     J = np.sum(W * (r ** (alpha - 1) - 1)) / (alpha - 1) - np.sum(P * (r**alpha - 1)) / alpha
     np.testing.assert_allclose(J, divergence, **tol("float64"))
+    phi = critic_features(r ** (alpha - 1))
+    np.testing.assert_allclose(losses.alpha_mi_bound(phi, W, alpha), divergence, **tol("float64"))
     np.testing.assert_allclose(f_alpha(r, 2.0), (r - 1) ** 2 / 2, **tol("float64"))  # chi^2 / 2
+
+
+def random_critics(N: int, seed: int, count: int = 30):
+    """Features of random, non-optimal critics: random k in 1..N and scales 0.1-3."""
+    g = np.random.default_rng(seed)
+    for _ in range(count):
+        k = int(g.integers(1, N + 1))
+        yield g.uniform(0.1, 3.0) * g.standard_normal((N, k)) / np.sqrt(k)
+
+
+def test_chi2_bound_is_below_the_divergence_for_any_critic(any_graph):
+    """(Eq. 6) as the inequality it is: E_p[t] - E_q[f*(t)] <= D_f for every critic t, here
+    chi^2 (Eq. 7) on random features; equality only at the optimum (the tight test below)."""
+    W, _ = any_graph
+    w = graphs.marginal(W)
+    P = np.outer(w, w)
+    chi2 = np.sum(P * (W / P - 1) ** 2)
+    gaps = [chi2 - losses.chi2_mi_bound(phi, W) for phi in random_critics(W.shape[0], 0)]
+    assert min(gaps) > 0, min(gaps)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 3.0, 1.7, 1.5, 1.25])
+def test_alpha_bound_is_below_the_divergence_for_any_critic(any_graph, alpha):
+    """(Eq. 6) for the alpha family (Eq. 16-18): `alpha_mi_bound` <= D_{f_alpha} for random
+    features; non-negative ones for every alpha, signed ones where m = alpha / (alpha - 1) is
+    even or non-integer. With f*(t) = (s^m - 1) / alpha for s >= 0 and -1 / alpha below, the
+    clip max(s, 0) (non-integer m) and s^m >= 0 (even m) give at least f*(t): the bound holds.
+    For odd m (alpha 1.5, 1.25) s^m < 0 for s < 0 undercuts f*, so signed features may exceed
+    D_f (docs/derivation.md, Eq. 18): test_odd_moment_exceeds_the_divergence_on_signed_scores."""
+    W, _ = any_graph
+    w = graphs.marginal(W)
+    P = np.outer(w, w)
+    divergence = np.sum(P * f_alpha(W / P, alpha))
+    m = alpha / (alpha - 1)
+    odd = abs(m - round(m)) < 1e-9 and round(m) % 2 == 1
+    for phi in random_critics(W.shape[0], 1):
+        assert losses.alpha_mi_bound(np.abs(phi), W, alpha) < divergence
+        if not odd:
+            assert losses.alpha_mi_bound(phi, W, alpha) < divergence
+
+
+@pytest.mark.parametrize("name", ["sbm", "grid", "geometric"])
+def test_odd_moment_exceeds_the_divergence_on_signed_scores(name):
+    """alpha = 1.5 (m = 3) with one feature of alternating sign, phi_i = 3 (-1)^i: the scores
+    s_ij = +-9 make (s^3 - 1) / alpha far below f*(t) = -1 / alpha, and the value exceeds D_f
+    (on these graphs; on the augmentation graph the positive pairs outweigh it)."""
+    W, _ = make_graph(name)
+    w = graphs.marginal(W)
+    P = np.outer(w, w)
+    divergence = np.sum(P * f_alpha(W / P, 1.5))
+    phi = 3.0 * (-1.0) ** np.arange(W.shape[0])[:, None]
+    assert losses.alpha_mi_bound(phi, W, 1.5) > divergence + 1.0
+    assert losses.alpha_mi_bound(np.abs(phi), W, 1.5) < divergence  # s >= 0: a bound again
 
 
 def test_bounds_are_tight_when_phi_models_the_density_ratio(graph):
