@@ -168,15 +168,27 @@ def random_critics(N: int, seed: int, count: int = 30):
         yield g.uniform(0.1, 3.0) * g.standard_normal((N, k)) / np.sqrt(k)
 
 
-def test_chi2_bound_is_below_the_divergence_for_any_critic(any_graph):
+def near_optimal_critics(phi_star: np.ndarray, seed: int = 0):
+    """The optimal features moved by a random direction of relative size 1e-3 to 0.3."""
+    g = np.random.default_rng(seed)
+    for eps in (1e-3, 1e-2, 0.1, 0.3):
+        for _ in range(3):
+            yield phi_star + eps * np.abs(phi_star).mean() * g.standard_normal(phi_star.shape)
+
+
+def test_chi2_bound_is_below_the_divergence_for_any_critic(graph):
     """(Eq. 6) as the inequality it is: E_p[t] - E_q[f*(t)] <= D_f for every critic t, here
-    chi^2 (Eq. 7) on random features; equality only at the optimum (the tight test below)."""
-    W, _ = any_graph
+    chi^2 (Eq. 7): on random features, and on features near the optimum, where the gap is of
+    second order and a wrong conjugate would show; equality only at the optimum."""
+    W, _ = graph
     w = graphs.marginal(W)
     P = np.outer(w, w)
-    chi2 = np.sum(P * (W / P - 1) ** 2)
-    gaps = [chi2 - losses.chi2_mi_bound(phi, W) for phi in random_critics(W.shape[0], 0)]
+    r = W / P
+    chi2 = np.sum(P * (r - 1) ** 2)
+    critics = [*random_critics(W.shape[0], 0), *near_optimal_critics(critic_features(r))]
+    gaps = [chi2 - losses.chi2_mi_bound(phi, W) for phi in critics]
     assert min(gaps) > 0, min(gaps)
+    np.testing.assert_allclose(losses.chi2_mi_bound(critic_features(r), W), chi2, rtol=1e-10)
 
 
 @pytest.mark.parametrize("alpha", [2.0, 3.0, 1.7, 1.5, 1.25])
@@ -197,6 +209,11 @@ def test_alpha_bound_is_below_the_divergence_for_any_critic(any_graph, alpha):
         assert losses.alpha_mi_bound(np.abs(phi), W, alpha) < divergence
         if not odd:
             assert losses.alpha_mi_bound(phi, W, alpha) < divergence
+    if alpha in (2.0, 3.0):  # near the optimum (integer alpha - 1)
+        S = (W / P) ** (alpha - 1)
+        if np.linalg.eigvalsh(S).min() > -1e-10 * np.abs(S).max():  # not the cycle's r
+            for phi in near_optimal_critics(critic_features(S)):
+                assert losses.alpha_mi_bound(phi, W, alpha) < divergence
 
 
 @pytest.mark.parametrize("name", ["sbm", "grid", "geometric"])
