@@ -41,11 +41,8 @@ from scaled.augment import device_stage
 from scaled.checkpoint import atomic_save, checkpoint_path, prune_checkpoints, training_state
 from scaled.config import (
     PretrainConfig,
-    config_json,
     config_to_dict,
     nan_fault_step,
-    parse_config,
-    print_config_requested,
     resolved_amp,
     resolved_channels_last,
     traits,
@@ -75,6 +72,7 @@ from scaled.lifecycle import (
 from scaled.model import SSLModel, target_tau
 from scaled.objective import build_objective, ssl_loss, target_features
 from scaled.optim import build_optimizer, build_scheduler
+from scaled.options import config_json, parse_config, print_config_requested
 from scaled.resume import resume, world_size_change  # noqa: F401  (world_size_change: tests)
 
 __all__ = ["RunError", "RunState", "build_run_state", "main", "train", "train_step"]

@@ -1,6 +1,7 @@
 """Issue #18 item 12 and the option rough edges: every PretrainConfig field is validated in one
-place (`scaled.config.validate`, table `FIELD_CHECKS`) with the field named; unknown or
-abbreviated options get one line and a suggestion; a relative --data-dir is stored resolved.
+place (`scaled.config.validate`, from each field's own `option` metadata) with the field named;
+unknown or abbreviated options get one line and a suggestion; a relative --data-dir is stored
+resolved.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from scaled.config import FIELD_CHECKS, PretrainConfig, UserError, parse_config, validate
+from scaled.config import GROUPS, PretrainConfig, UserError, validate
+from scaled.options import parse_config
 
-# One value per field that no run can use. A new field without a row here (and a check in
-# FIELD_CHECKS) fails `test_every_field_has_a_bad_value_here`.
+# One value per field that no run can use. A new field without a row here (and an `option` with
+# its group, help and check) fails `test_every_field_has_a_bad_value_here_and_a_check`.
 BAD_VALUE = {
     "method": "mnic",
     "arch": "resnet5",
@@ -80,11 +82,14 @@ BAD_VALUE = {
 def test_every_field_has_a_bad_value_here_and_a_check():
     names = {f.name for f in fields(PretrainConfig)}
     assert set(BAD_VALUE) == names, set(BAD_VALUE) ^ names
-    assert set(FIELD_CHECKS) == names, set(FIELD_CHECKS) ^ names
+    for f in fields(PretrainConfig):
+        assert f.metadata["group"] in GROUPS and f.metadata["help"], f.name
+        ok, what = f.metadata["check"]
+        assert callable(ok) and what, f.name
 
 
 def test_the_defaults_and_every_preset_are_valid():
-    from scaled.config import PRESETS
+    from scaled.presets import PRESETS
 
     validate(PretrainConfig())
     for make in PRESETS.values():
