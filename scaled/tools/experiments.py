@@ -24,12 +24,15 @@ section of ``docs/results.md`` between the ``experiments`` markers from every JS
 ``--quick`` runs one seed with tiny budgets (the plumbing tests use it; its numbers mean nothing).
 
 Budget (2-core development machine): ``all`` runs 3 graph seeds x 1000 steps per setting and
-3 digits seeds x 1000 optimiser steps of the demo's batch (64) and recipe per setting (past
-early training: about 16 epochs), about 90 single-process digits runs of under a minute each
-(the batch-256 rows of ``batch_size``: 3 times that): 72 min on an idle 2-core machine
-(measured in issue 19's fifth session, docs/results.md). ``--digits-seeds N`` and
-``--digits-steps N`` size it down; every JSON file and docs table records the budget it was run
-at (docs/results.md records the minutes each took).
+3 digits seeds x about 1000 optimiser steps of the demo's batch (64) and recipe per setting
+(whole epochs of the 3500 training digits, the nearest to 1000: 1026 steps at B 64), about 90
+single-process digits runs of under a minute each on an idle machine (the batch-256 rows of
+``batch_size``: 3 times that). The six records in docs/results/ took 71.5 min in all, each its
+own invocation at one of three commits (their docs table says which, with the load average).
+``--digits-seeds N`` and ``--digits-steps N`` size it down; every JSON file and docs table
+records the budget it was run at and the steps that ran. The digits probe is scored on the test
+split (these are reported results); a tool that chooses a recipe scores on the validation
+split instead (``DigitsBudget.probe_split``, ``scaled.tools.recipe_search``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from scaled.tools.provenance import (
     checkout_root,
     environment,
     finished,
+    load_text,
     markers,
     provenance_line,
     replace_section,
@@ -942,9 +946,136 @@ def scored_on(result: dict[str, Any]) -> str:
             if math.isfinite(v)
         }
     )
-    if ran:
-        where += f" Steps that ran: {', '.join(map(str, ran))}."
+    derived = result.get("steps_ran")
+    if derived and split is None:
+        shown = "; ".join(f"{k} {v}" for k, v in derived.items() if k != "note")
+        where += f" Steps that ran (derived from the config, the logs were not kept): {shown}."
+    elif ran:
+        where += f" Steps that ran (from each run's log): {', '.join(map(str, ran))}."
     return where
+
+
+def paired_difference(
+    result: dict[str, Any], problem: str, setting: dict[str, Any], metric: str
+) -> dict[str, Any]:
+    """Row `setting` of `problem` minus its reference row (`PAIRED_AGAINST`), seed by seed:
+    the summary of the per-seed differences (`summarise`) and the two settings."""
+    rows = [r for r in result["rows"] if r["problem"] == problem]
+    row = next(r for r in rows if all(r["setting"].get(k) == v for k, v in setting.items()))
+    ref = _reference_row(row, rows, result["experiment"])
+    a, b = row["metrics"][metric]["values"], ref["metrics"][metric]["values"]
+    return {
+        "summary": summarise([x - y for x, y in zip(a, b, strict=True)]),
+        "row": row["setting"],
+        "reference": ref["setting"],
+    }
+
+
+def verdict(mean: float, low: float, high: float, predicts: str, n: str) -> str:
+    """ "holds" (the interval [low, high] excludes the null on the side the claim predicts),
+    "fails" (it excludes it on the other side) or "not resolved at N" (it contains it).
+
+    `predicts` is "+" / "-" (the sign of a difference, null 0) or ">1" (a ratio, null 1).
+    """
+    null, sign = (1.0, 1) if predicts == ">1" else (0.0, 1 if predicts == "+" else -1)
+    if not all(math.isfinite(v) for v in (mean, low, high)) or low <= null <= high:
+        return f"not resolved at {n}"
+    return "holds" if (low > null) == (sign > 0) else "fails"
+
+
+def claim_rows(spec: dict[str, Any], results: Path) -> list[dict[str, Any]]:
+    """One row per evidence item of `spec` (docs/results/claims.json), its measured value and
+    `verdict`, read from the records in `results`."""
+    out = []
+    for claim in spec["claims"]:
+        for ev in claim["evidence"]:
+            record = json.loads((results / f"{ev['source']}.json").read_text(encoding="utf-8"))
+            if "ratio" in ev:  # scaled/tools/gradvar.py: a ratio with its bootstrap interval
+                from scaled.tools.gradvar import ema_advantage
+
+                r = ema_advantage(record["cells"][ev["weights"]])[ev["B"]]
+                low, high = r[ev["ratio"] + "_ci"]
+                mean, n = r[ev["ratio"]], f"{record['batches']} batches"
+                value = f"{mean:.2f} ({low:.2f}-{high:.2f})"
+                what = f"spectral / MINC gradient variance, {ev['weights']} weights, B = {ev['B']}"
+                at = f"{record['batches']} batches, bootstrap interval"
+            else:
+                d = paired_difference(record, ev["problem"], ev["row"], ev["metric"])
+                summ = d["summary"]
+                mean, half = summ["mean"], summ["ci95"]
+                low, high = mean - half, mean + half
+                seeds = _problem_seeds(record, ev["problem"])
+                n = f"{len(seeds)} seeds"
+                value = _cell(summ)
+                what = f"{ev['metric']}: {_named(d['row'])} − {_named(d['reference'])}"
+                at = f"{ev['problem']}, {ev['source']}, {_budget_label(record, ev)}"
+            out.append(
+                {
+                    "claim": claim["claim"],
+                    "what": what,
+                    "at": at,
+                    "predicts": ev["predicts"],
+                    "value": value,
+                    "verdict": verdict(mean, low, high, ev["predicts"], n),
+                }
+            )
+    return out
+
+
+def _budget_label(record: dict[str, Any], ev: dict[str, Any]) -> str:
+    """Seeds, steps and batch of an evidence item's runs (from the record)."""
+    seeds = len(_problem_seeds(record, ev["problem"]))
+    if ev["problem"] == "graph":
+        return f"{seeds} seeds x {record['config']['graph']['steps']} steps"
+    B = ev["row"].get("batch_size", record["config"]["digits"]["batch_size"])
+    ran = record.get("steps_ran", {}).get(f"batch {B}")
+    steps = f"{ran} steps" if ran else f"{record['config']['digits']['steps']} steps budget"
+    return f"{seeds} seeds x {steps}, B {B}"
+
+
+def claims_section(results: Path) -> str:
+    """The claims table of docs/results.md, generated from ``results/claims.json`` (what each
+    claim predicts) and the records it names; with the budgets each experiment took."""
+    spec = json.loads((results / "claims.json").read_text(encoding="utf-8"))
+    rows = claim_rows(spec, results)
+    lines = [
+        "Generated by `python -m scaled.tools.results` from `docs/results/claims.json` (what each "
+        "claim predicts: a row, a metric, a sign) and the records it names. Verdicts: **holds** "
+        "(the 95% interval of the paired difference excludes 0, or a ratio's excludes 1, on the "
+        "side the claim predicts), **fails** (it excludes it on the other side), **not "
+        "resolved** (it includes it). " + spec["about"],
+        "",
+    ]
+    budgets = []
+    for name in EXPERIMENT_NAMES:
+        path = results / f"{name}.json"
+        if path.is_file():
+            r = json.loads(path.read_text(encoding="utf-8"))
+            budgets.append(
+                f"{name} {r['elapsed_seconds'] / 60:.1f} min (git {r['git']['sha'][:7]}, "
+                f"{load_text(r)})"
+            )
+    preset = json.loads((results / "baselines.json").read_text())["config"]["digits"]["preset"]
+    lines += [
+        f"Digits recipe of these runs: {preset}; trained on 4000 digits and scored on the 1000 "
+        "test digits (before the validation split). Time `make experiments` took, as recorded "
+        f"(one run each, not one invocation): {'; '.join(budgets)}.",
+        "",
+        "| claim (paper) | comparison (paired by seed) | at | predicts | measured | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1]["claim"] != r["claim"]
+        claim = r["claim"]
+        if first:
+            mine = [x["verdict"].split(" at ")[0] for x in rows if x["claim"] == claim]
+            counts = ", ".join(f"{mine.count(v)} {v}" for v in dict.fromkeys(mine))
+            claim = f"**{claim}** ({counts})"
+        lines.append(
+            f"| {claim if first else ''} | {r['what']} | {r['at']} | {r['predicts']} | "
+            f"{r['value']} | {r['verdict']} |"
+        )
+    return "\n".join(lines)
 
 
 def write_docs(out: Path, docs_path: Path) -> None:

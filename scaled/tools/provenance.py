@@ -198,12 +198,20 @@ def publish_results(name: str, heading: str, result: dict, out: Path, *, tag, pl
     """Copy ``out/NAME.json`` into docs/results/ as ``NAME_<tag>.json``, draw its figure there
     and rewrite the NAME section of docs/results.md from every ``NAME_*.json`` there (the tables
     are generated from the JSON, never typed in). `tag(result)` names a result's budget."""
-    import json
     import shutil
 
     results = checkout_root() / "docs" / "results"
     shutil.copyfile(out / f"{name}.json", results / f"{name}_{tag(result)}.json")
     plot(result, results / f"{name}_{tag(result)}.png")  # re-drawn from the JSON
+    replace_section(docs_file(), name, results_section(name, heading, results, tag, table))
+
+
+def results_section(name: str, heading: str, results: Path, tag, table) -> str:
+    """The NAME section of docs/results.md from every ``results/NAME_*.json``: per record its
+    command, minutes, provenance, ``table(record)`` and figure (what `publish_results` writes
+    and ``python -m scaled.tools.results`` regenerates)."""
+    import json
+
     parts = [heading, ""]
     for path in sorted(results.glob(f"{name}_*.json")):
         r = json.loads(path.read_text())
@@ -216,4 +224,4 @@ def publish_results(name: str, heading: str, result: dict, out: Path, *, tag, pl
             f"![{name} {tag(r)}](results/{path.stem}.png)",
             "",
         ]
-    replace_section(docs_file(), name, "\n".join(parts))
+    return "\n".join(parts)

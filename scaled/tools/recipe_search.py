@@ -80,7 +80,12 @@ def recording_splits() -> Iterator[list[str]]:
 def pixel_row(budget) -> dict[str, float]:
     """Raw pixels scored like the candidates: fast probe and kNN, train -> ``budget``'s split."""
     from scaled.data import eval_dataset
-    from scaled.linear_eval import evaluate_features, pixel_features
+    from scaled.linear_eval import evaluate_features
+
+    try:  # issue 27 moves feature extraction into scaled/features.py
+        from scaled.features import pixel_features
+    except ImportError:  # pragma: no cover - the layout before it
+        from scaled.linear_eval import pixel_features
     from scaled.tools.experiments import digits_config
 
     cfg = digits_config(budget, 0, "unused")
@@ -119,11 +124,17 @@ def choose(rows: list[dict[str, Any]], n_scored: int) -> dict[str, Any]:
     }
 
 
-def run_search(steps: int, seeds: Sequence[int], candidates=CANDIDATES) -> dict[str, Any]:
-    """Train and score every candidate on every seed (validation split); the result dict."""
+def run_search(
+    steps: int, seeds: Sequence[int], candidates=CANDIDATES, budget=None
+) -> dict[str, Any]:
+    """Train and score every candidate on every seed (validation split); the result dict.
+
+    `budget` (a ``DigitsBudget``, default: `steps` and the probe on all of train and val)
+    sizes the runs; a search whose runs loaded the test split raises RuntimeError.
+    """
     from scaled.tools.experiments import DigitsBudget, digits_run, summarise
 
-    budget = DigitsBudget(steps=steps, probe_split="val")
+    budget = budget or DigitsBudget(steps=steps, probe_split="val")
     env = environment("cpu")
     t0 = time.perf_counter()
     with recording_splits() as seen:
