@@ -139,6 +139,7 @@ def relative_errors(
                 "estimator": name,
                 "rel_mse_mean": float(mse.mean()),
                 "rel_mse_std": float(mse.std(ddof=1)) if len(s["seeds"]) > 1 else 0.0,
+                "rel_mse_seeds": [float(x) for x in mse],  # paired: same batches per seed
                 "rel_var_mean": float(var.mean()),
             }
         )
@@ -239,36 +240,86 @@ def _run_variance(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
+def paired_ratio_interval(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of ``num_s / den_s`` over seeds and its 95% t interval (lo, hi).
+
+    The estimators of one seed share their batches (`estimator_gradients`), so the seeds give
+    paired log-ratios; the interval is mean +- t_{0.975, n-1} sd / sqrt(n) of those, mapped
+    back by exp. One seed: no interval (nan, nan).
+    """
+    from scipy.stats import t
+
+    d = np.log(np.asarray(num, dtype=float)) - np.log(np.asarray(den, dtype=float))
+    centre = float(d.mean())
+    if len(d) < 2:
+        return math.exp(centre), math.nan, math.nan
+    half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
+
+
+def ratio_word(lo: float, hi: float) -> str:
+    """The word for MINC against spectral from the interval (lo, hi) of spectral / MINC: lower
+    (MINC's error below spectral's, lo > 1), higher (hi < 1), or not resolved (it holds 1, or
+    there is no interval)."""
+    if lo > 1:
+        return "lower"
+    if hi < 1:
+        return "higher"
+    return "not resolved"
+
+
 def variance_verdict(
     rows: list[dict[str, Any]], points: dict[str, np.ndarray], batches: list[int]
 ) -> str:
-    """A sentence per point comparing spectral with MINC (EMA C and batch C), computed from rows."""
+    """A sentence per point comparing spectral with MINC (EMA C and batch C), computed from rows.
 
-    def get(point: str, B: int, name: str) -> float:
+    "lower" / "higher" only where the 95% paired t interval over seeds of the spectral / MINC
+    error ratio excludes 1 (`paired_ratio_interval`); otherwise "not resolved". Rows without
+    per-seed values (`rel_mse_seeds`, older records) are not resolved.
+    """
+
+    def row(point: str, B: int, name: str) -> dict[str, Any]:
         return next(
-            r["rel_mse_mean"]
-            for r in rows
-            if r["point"] == point and r["B"] == B and r["estimator"] == name
+            r for r in rows if r["point"] == point and r["B"] == B and r["estimator"] == name
         )
 
     lines = []
     for point in points:
         parts = []
         for name in ("minc, batch C", "minc, EMA C", "minc, exact C"):
-            ratios = [get(point, B, "spectral") / get(point, B, name) for B in batches]
-            lo, hi = min(ratios), max(ratios)
-            word = (
-                "lower error than spectral at every B"
-                if lo > 1
-                else (
-                    "higher error than spectral at every B"
-                    if hi < 1
-                    else "lower at some B, higher at others"
+            words, ratios = {}, []
+            for B in batches:
+                spec, minc = row(point, B, "spectral"), row(point, B, name)
+                if "rel_mse_seeds" in spec and "rel_mse_seeds" in minc:
+                    ratio, lo, hi = paired_ratio_interval(
+                        spec["rel_mse_seeds"], minc["rel_mse_seeds"]
+                    )
+                else:  # an older record: the ratio of the means, without an interval
+                    ratio, lo, hi = spec["rel_mse_mean"] / minc["rel_mse_mean"], math.nan, math.nan
+                ratios.append(ratio)
+                words[B] = ratio_word(lo, hi)
+            distinct = sorted(set(words.values()))
+            if len(distinct) == 1:
+                word = {
+                    "lower": "lower error than spectral at every B",
+                    "higher": "higher error than spectral at every B",
+                    "not resolved": "not resolved at any B",
+                }[distinct[0]]
+            else:
+                word = " and ".join(
+                    f"{w} at B = {', '.join(str(B) for B in batches if words[B] == w)}"
+                    for w in ("lower", "higher", "not resolved")
+                    if w in distinct
                 )
-            )
-            parts.append(f"{name}: {word} (spectral/MINC error ratio {lo:.2g} to {hi:.2g})")
+            shown = f"spectral/MINC error ratio {min(ratios):.2g} to {max(ratios):.2g}"
+            parts.append(f"{name}: {word} ({shown})")
         lines.append(f"- {point}: " + "; ".join(parts) + ".")
-    return "Measured verdict (relative MSE ratio over the B above):\n" + "\n".join(lines)
+    n = max(len(r.get("rel_mse_seeds", ())) for r in rows)
+    return (
+        "Measured verdict (relative MSE ratio over the B above; lower / higher only where the "
+        f"95% paired t interval over the {n} seeds excludes 1, else not resolved):\n"
+        + "\n".join(lines)
+    )
 
 
 def plot_variance(rows, points, batches, out_dir: Path, write_docs: bool):
