@@ -25,18 +25,19 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     # largest measured was 1.07% (alpha 1.25, k 3, B 7; seeds 0-2, B 1-513, k 3-16), and 3e-2 is
     # 2.8x that. A zero gradient (error 1) and a 10% error both fail it.
     "bfloat16_grad": (3e-2, 0.0),
-    # One whole training step of a network under bf16 (or fp16) autocast vs float32: the relative
-    # norm error of all its parameter gradients (rtol; atol unused). A small ResNet's gradient at
+    # One whole training step of a network under bf16 autocast vs float32: the relative norm
+    # error of all its parameter gradients (rtol; atol unused). A small ResNet's gradient at
     # initialisation is ill-conditioned: rounding only its weights to bf16 (all else float32)
-    # already moves it by ~0.14 in relative norm, full autocast by ~0.20-0.22 (measured on the
-    # CPU, tests/perf/test_gpu_path_on_cpu.py); 0.3 is that with room for other seeds and sizes.
-    # It rejects a zero gradient (error 1) but NOT a 10% error: this row resolves only errors
-    # above 0.3 (GRADIENT_ROWS says so, and tests/equivalence/test_checks_bite.py checks 2x it).
-    "bfloat16_network_grad": (0.3, 0.0),
+    # already moves it by ~0.14 in relative norm, full autocast by 0.22-0.25 (measured on the CPU,
+    # tests/perf/_gpu_path_scenario.py: minc 0.246, spectral 0.244, channels_last 0.224 / 0.230).
+    # No independent bound is known, so 0.5 is 2x the largest measured. It rejects a zero
+    # gradient (error 1) and a gradient off by 100% or more, but NOT a 10% or 40% error: this row
+    # resolves only gross errors (GRADIENT_ROWS; tests/equivalence/test_checks_bite.py checks it).
+    "bfloat16_network_grad": (0.5, 0.0),
     # The same step under fp16 autocast (10-bit mantissa, u = 2^-11) with a GradScaler started
     # where step 1 does not overflow: measured 0.074 (minc) and 0.073 (spectral) relative norm
-    # error at loss scales 1 to 2^10 (tests/perf/_gpu_path_scenario.py); 0.15 is 2x that. Like
-    # the bf16 row it rejects a zero gradient but resolves only errors above it (0.3 checked).
+    # error at loss scales 1 to 2^10 (tests/perf/_gpu_path_scenario.py); 0.15 is 2x that. It
+    # rejects a zero gradient and a 30% error (checked), not a 10% one.
     "float16_network_grad": (0.15, 0.0),
     # Analytic gradient vs central finite differences in float64 (tests/derivation): with step
     # h = 1e-5 the truncation error is O(h^2) ~ 1e-10 and round-off O(eps |f| / h) ~ 1e-11, both
@@ -61,8 +62,9 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     # same separable filter, different fixed-point accumulation. Measured on 200 crops (scale
     # 0.08-1, 500x375 photos to 224 px): bilinear within 1 level; bicubic within 4 levels, but
     # only 8e-6 of pixels beyond 1 level (a sharp upscaled edge); on average 2% of pixels differ.
-    # tests/end_to_end/test_cpu_stage.py also bounds those fractions.
-    "uint8_resize": (0.0, 4.5 / 255),
+    # tests/end_to_end/test_cpu_stage.py bounds those fractions, which is what bites; the max is
+    # set at 2x the measured 4 levels (no independent bound for the bicubic's fixed point).
+    "uint8_resize": (0.0, 8 / 255),
 }
 
 
@@ -76,7 +78,7 @@ GRADIENT_ROWS: dict[str, dict[str, object]] = {
     "float32": {"rule": "entrywise", "resolves": 0.1},
     "bfloat16_grad": {"rule": "relative_norm", "resolves": 0.1},
     "fd_central": {"rule": "relative_norm", "resolves": 0.1},
-    "bfloat16_network_grad": {"rule": "relative_norm", "resolves": 0.6},  # 2x its rtol
+    "bfloat16_network_grad": {"rule": "relative_norm", "resolves": 1.0},  # 2x its rtol
     "float16_network_grad": {"rule": "relative_norm", "resolves": 0.3},  # 2x its rtol
 }
 
