@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -211,3 +212,11 @@ def check_writable(path: Path, flag: str) -> None:
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path} is not writable; pass another path")
+
+
+def write_failure(err: Exception, folder: str) -> str:
+    """Why a checkpoint write failed, in a few words, with the free space left in `folder`."""
+    text = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    with contextlib.suppress(OSError):
+        text += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    return text

@@ -26,7 +26,6 @@ if __package__ in (None, ""):  # run as a file (`torchrun scaled/pretrain.py`): 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
-import shutil
 import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -56,6 +55,7 @@ from scaled.data import (
 )
 from scaled.distributed import cleanup, init_distributed
 from scaled.errors import UserError
+from scaled.faults import with_nan_fault
 from scaled.health import CollapseMonitor, representation_health
 from scaled.knn import knn_due, knn_monitor, monitor_sets
 from scaled.lifecycle import (
@@ -68,6 +68,7 @@ from scaled.lifecycle import (
     claim_output_dir,
     exit_code,
     ignore_stop_signals,
+    write_failure,
 )
 from scaled.model import SSLModel, target_tau
 from scaled.objective import build_objective, ssl_loss, target_features
@@ -269,24 +270,6 @@ def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
     return {"loss": loss.detach(), "z1": run.last_z}
 
 
-def with_nan_fault(step_fn, nan_step: int):
-    """FOR TESTS ONLY (`--fault-inject nan@STEP`): step `nan_step` sees NaN inputs, so its loss
-    is NaN and the run must stop with exit status 3. Kept outside `train_step`."""
-
-    def poison(view):
-        if isinstance(view, dict):  # two-stage loader: a NaN jitter factor on every sample
-            ones = torch.ones_like(view["jitter"])
-            return {**view, "jitter": ones, "factors": view["factors"] * float("nan")}
-        return view * float("nan")
-
-    def poisoned_step(run: RunState, micro_batches):
-        if run.step + 1 == nan_step:
-            micro_batches = [(poison(b[0]), *b[1:]) for b in micro_batches]
-        return step_fn(run, micro_batches)
-
-    return poisoned_step
-
-
 # --------------------------------------------------------------------------- logs and checkpoints
 
 
@@ -344,14 +327,6 @@ def save_checkpoint(run: RunState) -> None:
             f"previous checkpoint {run.last_good or 'none'} is intact",
         )
     run.last_good = path
-
-
-def write_failure(err: Exception, folder: str) -> str:
-    """Why a checkpoint write failed, in a few words, with the free space left in `folder`."""
-    text = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
-    with contextlib.suppress(OSError):
-        text += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
-    return text
 
 
 def log_metrics(run: RunState) -> None:
