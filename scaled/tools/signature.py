@@ -115,7 +115,7 @@ def trajectory(setting: dict[str, Any], steps: int, points: int, seed: int) -> d
     """Train one setting and read Cbar's signature from each of its checkpoints."""
     import torch
 
-    from scaled.checkpoint import list_checkpoints, load_checkpoint
+    from scaled.checkpoint import checkpoint_cbar, list_checkpoints, load_checkpoint
     from scaled.pretrain import RunError, train
 
     with tempfile.TemporaryDirectory(prefix="minc-sig-") as tmp:
@@ -128,9 +128,9 @@ def trajectory(setting: dict[str, Any], steps: int, points: int, seed: int) -> d
         rows = []
         for path in list_checkpoints(tmp):
             ckpt = load_checkpoint(path)
-            C = ckpt["model"]["Cbar"].to(torch.float64).numpy()
+            C = checkpoint_cbar(ckpt).to(torch.float64).numpy()
             rows.append({"step": int(ckpt["step"]), **cbar_signature(C)})
-        last = load_checkpoint(list_checkpoints(tmp)[-1])["model"]["Cbar"].double().numpy()
+        last = checkpoint_cbar(load_checkpoint(list_checkpoints(tmp)[-1])).double().numpy()
         logged = _logged_offdiag(Path(tmp))
     return {
         "setting": setting,
@@ -159,7 +159,7 @@ def existing_run(run_dir: Path) -> dict[str, Any]:
     kept there, and the logged ``cbar_offdiag_rel`` (``scaled.health``) along the run."""
     import torch
 
-    from scaled.checkpoint import list_checkpoints, load_checkpoint
+    from scaled.checkpoint import checkpoint_cbar, list_checkpoints, load_checkpoint
 
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
@@ -180,10 +180,10 @@ def existing_run(run_dir: Path) -> dict[str, Any]:
     for path in ckpts:
         ckpt = load_checkpoint(path)
         rows.append(
-            {"step": int(ckpt["step"]), **cbar_signature(ckpt["model"]["Cbar"].double().numpy())}
+            {"step": int(ckpt["step"]), **cbar_signature(checkpoint_cbar(ckpt).double().numpy())}
         )
     logged = _logged_offdiag(run_dir)
-    last = first["model"]["Cbar"].to(torch.float64).numpy()
+    last = checkpoint_cbar(first).to(torch.float64).numpy()
     return {
         "setting": setting,
         "diverged": False,
