@@ -224,7 +224,7 @@ print(
 # %% [markdown]
 # ## The ImageNet command
 #
-# The presets live in `scaled/config.py`; each docstring states the command, the hardware it was
+# The presets live in `scaled/presets.py`; each docstring states the command, the hardware it was
 # sized for and the expected result. **No ImageNet run has been made by this project** (no GPU,
 # no ImageNet here): the expected numbers are the public reference points, not measurements.
 # `docs/reproduce.md` has one command per row of the paper's comparison and per ablation, with
