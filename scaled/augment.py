@@ -9,7 +9,10 @@ The two-stage input pipeline (`--loader device`, the default on CUDA for ImageFo
 2. Device stage (`device_stage`, called by `scaled.pretrain.train_step`): colour jitter in a
    per-sample random order, grayscale, Gaussian blur, solarize and normalisation on the whole
    batch, each sample with ITS OWN parameters (a batch-wide parameter would be a different
-   distribution), with no host synchronisation.
+   distribution), with no host synchronisation. Each sample's ops run once each: the three
+   blends of ColorJitter are one per-sample blend, hue is one RGB -> RGB formula (no HSV
+   image), the blur runs on the samples that drew it only (`batch_plan`); in bfloat16 and
+   compiled on CUDA (`STAGE_DTYPE`, `STAGE_COMPILE`).
 
 `draw_colour_params` consumes torch's generator exactly as the all-CPU reference path
 (`scaled.data.view_transform`, torchvision transforms) does, so both paths draw the SAME
@@ -17,8 +20,8 @@ parameters for the same `(seed, epoch, index)`; they differ only in where and at
 the pixels are computed (PIL uint8 per op vs float32 on the device; tests/end_to_end/
 test_augment.py bounds the difference op by op and in distribution).
 
-Ops: kornia where it computes what torchvision computes (hue, solarize: checked in the tests);
-by hand where it does not, with the reason next to each.
+Ops: by hand, each torchvision's tensor definition (checked in the tests), with the reason
+next to each where kornia's op of the same name computes something else.
 """
 
 from __future__ import annotations
@@ -30,23 +33,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 from torchvision import transforms as T
-
-
-@functools.cache
-def _kornia():
-    """kornia, imported on first use: the trainer imports without it (offline GPU nodes carry it
-    as a wheel, `make gpu-wheels`); only the device stage needs it."""
-    try:
-        import kornia
-    except ImportError:
-        from scaled.config import UserError
-
-        raise UserError(
-            "the device augmentation stage needs kornia, which is not installed; pip install "
-            "kornia==0.9.0 (offline: make gpu-wheels), or pass --loader torch"
-        ) from None
-    return kornia
-
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -112,6 +98,15 @@ def blur_kernel_size(size: int) -> int:
 # --------------------------------------------------------------------------- per-sample parameters
 
 
+RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's default)
+N_UNIFORMS = 36  # the uniforms one view draws (`draw_view`)
+# The colour parameters of one view as one float vector (`draw_view`, `colour_fields`):
+COLOUR_FIELDS = ("jitter", "order", "factors", "gray", "blur", "sigma", "solarize")
+_FIELD_SLICES = {"jitter": 0, "order": slice(1, 5), "factors": slice(5, 9), "gray": 9,
+                 "blur": 10, "sigma": 11, "solarize": 12}  # fmt: skip
+COLOUR_WIDTH = 13
+
+
 @functools.lru_cache
 def _jitter_ranges(strengths: tuple[float, float, float, float]) -> tuple:
     """ColorJitter's factor ranges for the strengths (built once: ~1 ms per construction)."""
@@ -119,38 +114,83 @@ def _jitter_ranges(strengths: tuple[float, float, float, float]) -> tuple:
     return cj.brightness, cj.contrast, cj.saturation, cj.hue
 
 
-def draw_colour_params(recipe: ViewRecipe) -> dict[str, torch.Tensor]:
-    """One view's colour parameters from torch's default generator (seeded per sample).
+def crop_box(u: list[float], height: int, width: int, scale: tuple[float, float]):
+    """RandomResizedCrop's box `(i, j, h, w)` from 22 uniforms: torchvision's algorithm
+    (`T.RandomResizedCrop.get_params`: up to 10 tries of an area fraction U(scale) and a log
+    aspect ratio U(log 3/4, log 4/3), a uniform position in the image, else the centre crop)
+    with its draws taken from `u` (two per try, then two for the position)."""
+    area, (lo, hi) = height * width, (math.log(RATIO[0]), math.log(RATIO[1]))
+    for t in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * t])
+        aspect = math.exp(lo + (hi - lo) * u[2 * t + 1])
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = min(int(u[20] * (height - h + 1)), height - h)
+            j = min(int(u[21] * (width - w + 1)), width - w)
+            return i, j, h, w
+    in_ratio = width / height
+    if in_ratio < RATIO[0]:
+        w, h = width, int(round(width / RATIO[0]))
+    elif in_ratio > RATIO[1]:
+        w, h = int(round(height * RATIO[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
-    Consumes the generator in the order and amounts the torchvision transforms of the reference
-    path do (RandomApply(ColorJitter), RandomGrayscale, RandomApply(GaussianBlur),
-    RandomSolarize: torchvision/transforms/transforms.py), so both paths draw the same values.
-    `order` is ColorJitter's permutation of (brightness, contrast, saturation, hue); `factors`
-    are its four factors (identity when `jitter` is False).
+
+def draw_view(
+    recipe: ViewRecipe, height: int, width: int, scale: tuple[float, float]
+) -> tuple[tuple[int, int, int, int], bool, list[float]]:
+    """One view's parameters, `(crop box, flip, colour vector)`, from ONE draw of
+    `N_UNIFORMS` uniforms of torch's default generator (seeded per sample by
+    `scaled.data.ViewsDataset`): the reference path and the CPU stage both call this, so they
+    draw the same crop, flip and colour parameters for the same `(seed, epoch, index)`.
+
+    Each parameter follows torchvision's transform's distribution (tests/end_to_end/
+    test_augment.py compares them with torchvision's own samplers): `crop_box`; flip with
+    probability `flip_p`; ColorJitter applied with probability `jitter_p`, a uniform
+    permutation of (brightness, contrast, saturation, hue) (the argsort of 4 uniforms) and
+    uniform factors in its ranges; grayscale, blur (sigma uniform in its range) and solarize
+    with their probabilities. The colour vector is `COLOUR_FIELDS` laid out as `_FIELD_SLICES`
+    (identity order and factors (1, 1, 1, 0) without jitter, sigma 1 without blur).
     """
-    jitter = not recipe.jitter_p < torch.rand(1)  # T.RandomApply: skip when p < u
-    order, factors = torch.arange(4), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    u = torch.rand(N_UNIFORMS, dtype=torch.float64).tolist()
+    box = crop_box(u, height, width, scale)
+    jitter = u[23] < recipe.jitter_p
+    order, factors = [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 0.0]
     if jitter:
-        order, *fs = T.ColorJitter.get_params(*_jitter_ranges(recipe.jitter))
-        factors = torch.tensor(fs, dtype=torch.float32)
-    gray = bool(torch.rand(1) < recipe.gray_p)  # T.RandomGrayscale
-    blur = not recipe.blur_p < torch.rand(1)  # T.RandomApply(GaussianBlur)
-    sigma = T.GaussianBlur.get_params(*recipe.sigma) if blur else 1.0
-    solarize = torch.rand(1).item() < recipe.solarize_p  # T.RandomSolarize
-    return {
-        "jitter": torch.tensor(jitter),
-        "order": order,
-        "factors": factors,
-        "gray": torch.tensor(gray),
-        "blur": torch.tensor(blur),
-        "sigma": torch.tensor(sigma, dtype=torch.float32),
-        "solarize": torch.tensor(solarize),
-    }
+        order = [float(k) for k in sorted(range(4), key=lambda k: u[24 + k])]
+        ranges = [r or (0.0, 0.0) for r in _jitter_ranges(recipe.jitter)]  # None: strength 0
+        ranges = [(1.0, 1.0) if k < 3 and r == (0.0, 0.0) else r for k, r in enumerate(ranges)]
+        factors = [lo + (hi - lo) * u[28 + k] for k, (lo, hi) in enumerate(ranges)]
+    blur = u[33] < recipe.blur_p
+    sigma = recipe.sigma[0] + (recipe.sigma[1] - recipe.sigma[0]) * u[34] if blur else 1.0
+    flags = [float(u[32] < recipe.gray_p), float(blur), sigma, float(u[35] < recipe.solarize_p)]
+    return box, u[22] < recipe.flip_p, [float(jitter), *order, *factors, *flags]
+
+
+def colour_fields(colour: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The colour vectors (..., COLOUR_WIDTH) of `draw_view` as named per-sample tensors:
+    bool `jitter`, `gray`, `blur`, `solarize`; int64 `order` (..., 4); float32 `factors`
+    (..., 4) and `sigma`. Slices and casts only (no host sync on the device)."""
+    out = {k: colour[..., s] for k, s in _FIELD_SLICES.items()}
+    for k in ("jitter", "gray", "blur", "solarize"):
+        out[k] = out[k] > 0.5
+    out["order"] = out["order"].long()
+    return out
+
+
+def draw_colour_params(recipe: ViewRecipe) -> dict[str, torch.Tensor]:
+    """One view's colour parameters (`draw_view`'s, as `colour_fields`) from torch's default
+    generator; the crop box it draws with them is thrown away."""
+    _, _, colour = draw_view(recipe, 1, 1, recipe.scale)
+    return colour_fields(torch.tensor(colour, dtype=torch.float32))
 
 
 # --------------------------------------------------------------------------- batched ops
 # x: float (B, 3, H, W) in [0, 1]; factors: (B,). Each op is torchvision's tensor definition
-# (torchvision/transforms/_functional_tensor.py) with a per-sample factor.
+# (torchvision/transforms/_functional_tensor.py) with a per-sample factor. They work in any float
+# dtype: the device stage runs them in `STAGE_DTYPE[device type]`.
 
 
 def _per_sample(v: torch.Tensor) -> torch.Tensor:
@@ -163,50 +203,158 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = _per_sample(factor)
-    return (f * x + (1.0 - f) * other).clamp(0.0, 1.0)
+def _linear_jitter(x: torch.Tensor, a, b, c) -> torch.Tensor:
+    """clamp(a x + b luma(x) + c mean_luma(x), 0, 1) per sample: brightness (a = f, b = c = 0),
+    contrast (a = f, c = 1 - f), saturation (a = f, b = 1 - f) and the identity (a = 1) are
+    this one blend, so one pass serves whichever of the three each sample draws."""
+    g = grayscale(x)
+    mean = g.mean(dim=(-3, -2, -1), keepdim=True)
+    shift = _per_sample(b) * g + _per_sample(c) * mean
+    return torch.addcmul(shift, _per_sample(a), x).clamp_(0.0, 1.0)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """x * factor, clamped. By hand: kornia.enhance.adjust_brightness ADDS the factor."""
-    return _blend(x, torch.zeros_like(x), factor)
+    zero = torch.zeros_like(factor)
+    return _linear_jitter(x, factor, zero, zero)
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the mean luma of each image. By hand: kornia.enhance.adjust_contrast scales
     the pixels without the mean."""
-    mean = grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(x, mean, factor)
+    return _linear_jitter(x, factor, torch.zeros_like(factor), 1.0 - factor)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the luma. By hand: kornia.enhance.adjust_saturation scales HSV saturation."""
-    return _blend(x, grayscale(x), factor)
+    return _linear_jitter(x, factor, 1.0 - factor, torch.zeros_like(factor))
+
+
+@functools.cache
+def _constants(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The stage's constant tensors, built once per (device, dtype): a tensor from Python data
+    is a host-to-device copy that waits for the GPU (issue 29), so none is built per step."""
+    stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD], dtype=torch.float64)
+    mean, std = (s.view(1, 3, 1, 1) for s in stats)
+    # (x - mean) / std = x / std - mean / std: the normalisation is one fused multiply-add
+    return {"scale": (1.0 / std).to(device, dtype), "shift": (-mean / std).to(device, dtype)}
 
 
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue by `factor` turns (torchvision's unit) -- kornia takes radians."""
-    return _kornia().enhance.adjust_hue(x, factor * (2 * math.pi))
+    """Rotate the HSV hue by `factor` turns (torchvision's unit), RGB to RGB in one formula.
+
+    torchvision converts to HSV, shifts h and converts back; the shift keeps V = M (the max of
+    the channels) and S, hence the min m, so channel n of the result is
+    M - (M - m) clamp(min(t, 4 - t), 0, 1) with t = (n + 6 h + 6 factor) mod 6 (n = 5, 3, 1 for
+    R, G, B): the closed form of torchvision's six-sector table, with 6 h in [-1, 5) taken
+    straight from the channels (torchvision's `_rgb2hsv`). One hue computation, no HSV image.
+    In float32 whatever `x`'s dtype (bfloat16's 3 significant digits would misplace 6 h + 5 by
+    up to 0.03, several levels); the result in `x`'s dtype.
+    """
+    dtype, x = x.dtype, x.float()
+    M = x.amax(dim=1, keepdim=True)
+    C = M - x.amin(dim=1, keepdim=True)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    inv = torch.where(C == 0, torch.ones_like(C), C).reciprocal_()  # grey pixels: h = 0
+    h6 = torch.where(M == r, (g - b) * inv, torch.where(M == g, (b - r) * inv + 2.0,
+                                                        (r - g) * inv + 4.0))  # fmt: skip
+    h6 = h6 + 6.0 * _per_sample(factor)
+    t = torch.remainder(torch.cat([h6 + 5.0, h6 + 3.0, h6 + 1.0], dim=1), 6.0)
+    return (M - C * torch.minimum(t, 4.0 - t).clamp_(0.0, 1.0)).to(dtype)
 
 
 COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)  # ColorJitter
 
 
+def jitter_coefficients(apply: torch.Tensor, order: torch.Tensor, factors: torch.Tensor):
+    """Per position of ColorJitter's permutation, each sample's op as (a, b, c, hue, is_hue),
+    each (4, B): the `_linear_jitter` coefficients of its brightness / contrast / saturation
+    (the identity for hue and for samples without jitter) and its hue factor (0 elsewhere)."""
+    f = factors.gather(1, order).T  # (4, B): the factor of the op at each position
+    k, on = order.T, apply[None, :]
+    one, zero = torch.ones_like(f), torch.zeros_like(f)
+    a = torch.where(on & (k < 3), f, one)
+    b = torch.where(on & (k == 2), 1.0 - f, zero)
+    c = torch.where(on & (k == 1), 1.0 - f, zero)
+    is_hue = on & (k == 3)
+    return a, b, c, torch.where(is_hue, f, zero), is_hue
+
+
+# --------------------------------------------------------------------------- where drawn
+# A batch plan says, per drawn op, which samples drew it and how many: the device stage then
+# computes an op on those samples only (none at p 0, all at p 1) instead of on the whole batch
+# followed by a select. The CPU stage's worker builds it (`batch_plan`), where the parameters
+# are host data; the count travels as the SHAPE of a tensor with no elements, so the device
+# stage reads it without a host sync (no `.item()`, no `nonzero`).
+
+PLANNED = ("blur", "gray", "solarize", "hue0", "hue1", "hue2", "hue3")  # hue<p>: hue at p
+
+
+def drawn_ops(fields: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, len(PLANNED)) bool: which samples drew each planned op (`colour_fields` of a batch)."""
+    hue = [fields["jitter"] & (fields["order"][:, p] == 3) for p in range(4)]
+    return torch.stack([fields["blur"], fields["gray"], fields["solarize"], *hue], dim=1)
+
+
+def batch_plan(views: list[dict[str, torch.Tensor]]) -> None:
+    """Add a plan to one view's per-sample parameters (one dict per sample of a batch, each
+    with its `colour` vector; in the CPU stage's worker, `scaled.data.ViewsDataset.__getitems__`).
+
+    `plan_slots` (len(PLANNED),): for each planned op, entry i of the batch positions of the
+    samples that drew it, those first (a stable sort); `plan_counts`, a tensor with no elements
+    whose shape (0, n_1, ..., n_7) holds how many drew each op. Collated: (B, 7) and
+    (B, 0, n_1, ..., n_7).
+    """
+    drawn = drawn_ops(colour_fields(torch.stack([v["colour"] for v in views])))
+    slots = torch.argsort((~drawn).to(torch.uint8), dim=0, stable=True)
+    counts = torch.empty(0, *drawn.sum(dim=0).tolist())
+    for v, row in zip(views, slots, strict=True):
+        v["plan_slots"], v["plan_counts"] = row, counts
+
+
+def where_drawn(x: torch.Tensor, params: dict, name: str, drawn: torch.Tensor, op) -> torch.Tensor:
+    """`op(x_subset, idx)` on the samples that drew `name`: with a plan, on those only
+    (`idx` their batch positions; None for the whole batch); without one, on every sample,
+    then a select by `drawn` (B,)."""
+    if "plan_counts" not in params:
+        return torch.where(_per_sample(drawn), op(x, None), x)
+    j = PLANNED.index(name)
+    n = params["plan_counts"].shape[2 + j]  # a shape: no device data read
+    if n == 0:
+        return x
+    if n == x.shape[0]:
+        return op(x, None)
+    idx = params["plan_slots"][:n, j]
+    return x.index_copy_(0, idx, op(x.index_select(0, idx), idx))
+
+
+def _pick(v: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    return v if idx is None else v.index_select(0, idx)
+
+
 def color_jitter(
-    x: torch.Tensor, apply: torch.Tensor, order: torch.Tensor, factors: torch.Tensor
+    x: torch.Tensor,
+    apply: torch.Tensor,
+    order: torch.Tensor,
+    factors: torch.Tensor,
+    plan: dict | None = None,
 ) -> torch.Tensor:
     """ColorJitter with a per-sample permutation `order` (B, 4) and factors (B, 4).
 
-    At each of the 4 positions every op is computed for the batch and kept for the samples
-    whose permutation puts it there (a select, not an index: no host sync on the device).
+    At each of the 4 positions a sample gets its own op there: brightness, contrast and
+    saturation are one blend with per-sample coefficients (`jitter_coefficients`; the identity
+    for the samples that draw hue there), then hue on the samples that draw it there (with a
+    `batch_plan` in `plan`: on those only, each sample's hue once; without: a select). No host
+    sync on the device. Compiled (`torch.compile`), each position is one fused pass.
     """
+    a, b, c, hue, is_hue = (v.to(x.dtype) if v.is_floating_point() else v
+                            for v in jitter_coefficients(apply, order, factors))  # fmt: skip
+    plan = {} if plan is None else plan
     for pos in range(4):
-        out = x
-        for k, op in enumerate(COLOUR_OPS):
-            mask = _per_sample(apply & (order[:, pos] == k))
-            out = torch.where(mask, op(x, factors[:, k]), out)
-        x = out
+        x = _linear_jitter(x, a[pos], b[pos], c[pos])
+        x = where_drawn(
+            x, plan, f"hue{pos}", is_hue[pos], lambda s, i, f=hue[pos]: adjust_hue(s, _pick(f, i))
+        )
     return x
 
 
@@ -215,9 +363,9 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Te
     exp(-t^2 / 2 sigma^2) at integer offsets t, normalised). By hand: kornia.filters.
     gaussian_blur2d computes the same but checks `sigma > 0` with a host sync on every call."""
     B, C, H, W = x.shape
-    t = torch.arange(kernel, device=x.device, dtype=x.dtype) - (kernel - 1) / 2
-    k1 = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
-    k1 = (k1 / k1.sum(dim=1, keepdim=True)).repeat_interleave(C, dim=0)  # (B*C, kernel)
+    t = torch.arange(kernel, device=x.device, dtype=torch.float32) - (kernel - 1) / 2
+    k1 = torch.exp(-0.5 * (t[None] / sigma[:, None].float()) ** 2)
+    k1 = (k1 / k1.sum(dim=1, keepdim=True)).to(x.dtype).repeat_interleave(C, dim=0)
     pad = kernel // 2
     y = nnf.pad(x.reshape(1, B * C, H, W), (pad, pad, pad, pad), mode="reflect")
     y = nnf.conv2d(y, k1[:, None, None, :], groups=B * C)
@@ -227,30 +375,101 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Te
 
 def solarize(x: torch.Tensor) -> torch.Tensor:
     """Invert pixels >= 128/255 (PIL's and torchvision's threshold 128 on uint8)."""
-    return _kornia().enhance.solarize(x, 128 / 255)
+    return torch.where(x >= 128 / 255, 1.0 - x, x)
 
 
-def augment_batch(pixels: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """uint8 views (B, 3, H, W) + their per-sample parameters -> normalised float32 views."""
-    x = pixels.float().div_(255.0)
-    x = color_jitter(x, params["jitter"], params["order"], params["factors"])
-    x = torch.where(_per_sample(params["gray"]), grayscale(x).expand_as(x), x)
-    blurred = gaussian_blur(x, blur_kernel_size(x.shape[-1]), params["sigma"])
-    x = torch.where(_per_sample(params["blur"]), blurred, x)
-    x = torch.where(_per_sample(params["solarize"]), solarize(x), x)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+# --------------------------------------------------------------------------- the device stage
+
+# The stage's working dtype per device type: the narrowest float of reference/tolerances.py
+# whose row the stage meets against its float32 self and torchvision (bfloat16: tests/
+# end_to_end/test_device_stage.py). bfloat16 halves the bytes on a GPU, where the stage is
+# memory-bound; a CPU converts every bf16 op to float32 and back, so it keeps float32.
+STAGE_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
+# torch.compile of the two pointwise regions (colour, finish) per device type. CUDA: the fused
+# kernels read and write the batch about once per jitter position instead of once per eager op
+# (inductor's byte count of the compiled graph against the eager ops', printed by `bench
+# loader`); not yet timed on a GPU (`make gpu-check` times the stage). CPU: eager (the bench
+# times both; compiling costs about a minute per batch shape).
+STAGE_COMPILE = {"cuda": True, "cpu": False}
+
+
+def _colour(pixels, apply, order, factors, gray, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 views -> jittered, grayscaled views in `dtype`: the region before the blur, every
+    op a select (static shapes for `torch.compile`)."""
+    x = color_jitter(pixels.to(dtype).div_(255.0), apply, order, factors)
+    return torch.where(_per_sample(gray), grayscale(x).expand_as(x), x)
+
+
+def _finish(x, solar, scale, shift, memory_format: torch.memory_format) -> torch.Tensor:
+    """Solarize where drawn (a select), normalise to float32 in the network's memory format."""
+    x = torch.where(_per_sample(solar), solarize(x), x)
+    return torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
+
+
+@functools.cache
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False, fullgraph=True)
+
+
+def blur_where_drawn(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The Gaussian blur on the samples that drew it (`where_drawn`), each with its sigma."""
+    kernel, sigma = blur_kernel_size(x.shape[-1]), params["sigma"]
+    return where_drawn(
+        x, params, "blur", params["blur"], lambda s, i: gaussian_blur(s, kernel, _pick(sigma, i))
+    )
+
+
+def augment_batch(
+    pixels: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype | None = None,
+    compile: bool | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    on_phase=None,
+) -> torch.Tensor:
+    """uint8 views (B, 3, H, W), any memory format, + their per-sample parameters (named as
+    `colour_fields`, or the packed `colour` vectors) -> normalised float32 views.
+
+    Colour jitter (each sample's four ops once each, in its drawn order), grayscale, the blur,
+    solarize, normalisation; in `dtype` (default `STAGE_DTYPE` of the device). Eager, every
+    drawn op runs on the samples that drew it (with the `batch_plan` the CPU stage's batches
+    carry); compiled (`compile`, default `STAGE_COMPILE`), the pointwise ops are selects fused
+    into a few kernels and the blur (a convolution, outside them) runs where drawn. No host sync.
+    `on_phase(name)` is called as the eager stage enters "colour", "blur" and "finish" (the byte
+    count of `bench loader` labels the ops with it).
+    """
+    phase = on_phase or (lambda name: None)
+    if "colour" in params:  # the CPU stage's packed vectors
+        params = {**colour_fields(params["colour"]), **params}
+    kind, p = pixels.device.type, params
+    dtype = STAGE_DTYPE.get(kind, torch.float32) if dtype is None else dtype
+    consts = _constants(pixels.device, torch.float32)
+    if STAGE_COMPILE.get(kind, False) if compile is None else compile:
+        x = _compiled(_colour)(pixels, p["jitter"], p["order"], p["factors"], p["gray"], dtype)
+        x = blur_where_drawn(x, p)
+        return _compiled(_finish)(x, p["solarize"], consts["scale"], consts["shift"], memory_format)
+    phase("colour")
+    x = color_jitter(pixels.to(dtype).div_(255.0), p["jitter"], p["order"], p["factors"], p)
+    x = where_drawn(x, p, "gray", p["gray"], lambda s, i: grayscale(s).expand_as(s).contiguous())
+    phase("blur")
+    x = blur_where_drawn(x, p)
+    phase("finish")
+    x = where_drawn(x, p, "solarize", p["solarize"], lambda s, i: solarize(s))
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
+    return torch.addcmul(consts["shift"], x, consts["scale"], out=out)
 
 
 def device_stage(view, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
     """A loader's view batch on `device`, ready for the network.
 
     A tensor (the torch and DALI loaders: already augmented) is only moved; a dict (the two-stage
-    loader: uint8 `pixels` + per-sample parameters) is moved and augmented here, batched.
+    loader: uint8 `pixels` (B, H, W, 3), the `colour` vectors (B, COLOUR_WIDTH) of `draw_view`
+    and a `batch_plan`) is moved and augmented here, batched.
     """
     if isinstance(view, torch.Tensor):
         return view.to(device, non_blocking=True, memory_format=memory_format)
     moved = {k: v.to(device, non_blocking=True) for k, v in view.items()}
-    pixels = moved.pop("pixels")
-    return augment_batch(pixels, moved).contiguous(memory_format=memory_format)
+    fmt = torch.contiguous_format if memory_format == torch.preserve_format else memory_format
+    pixels = moved.pop("pixels").permute(0, 3, 1, 2)  # (B, H, W, 3) -> channels-last (B, 3, H, W)
+    return augment_batch(pixels, moved, memory_format=fmt)

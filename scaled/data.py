@@ -25,15 +25,16 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
-from torchvision.transforms.v2 import functional as TF2
 
 from scaled.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RATIO,  # noqa: F401  (RandomResizedCrop's aspect range: tests, tools)
     RECIPES,
     ViewRecipe,
+    batch_plan,
     blur_kernel_size,
-    draw_colour_params,
+    draw_view,
 )
 from scaled.config import UserError
 
@@ -294,57 +295,95 @@ class TensorImages(Dataset):
 
 
 INTERPOLATIONS = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
-RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's default)
+# torchvision's antialiased uint8 resize kernels (what `TF2.resize` calls on a uint8 CPU tensor,
+# bit for bit, tested), called directly: TF2's wrapper costs about as much as a small resize.
+UINT8_RESIZE = {
+    "bicubic": torch._C._nn._upsample_bicubic2d_aa,
+    "bilinear": torch._C._nn._upsample_bilinear2d_aa,
+}
 
 
-def view_transform(recipe: ViewRecipe, size: int, scale_min: float) -> Callable:
-    """The all-CPU reference augmentation of one view (`--loader torch`): torchvision PIL ops.
+class ReferenceView:
+    """The all-CPU reference augmentation of one view (`--loader torch`): torchvision's PIL ops.
 
-    `recipe` is a row of `scaled.augment.RECIPES`; `scale_min` the crop's lower scale.
-    """
-    return T.Compose(
-        [
-            T.RandomResizedCrop(
-                size, scale=(scale_min, recipe.scale[1]), ratio=RATIO,
-                interpolation=INTERPOLATIONS[recipe.interpolation],
-            ),
-            T.RandomHorizontalFlip(recipe.flip_p),
-            T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.jitter_p),
-            T.RandomGrayscale(p=recipe.gray_p),
-            T.RandomApply(
-                [T.GaussianBlur(blur_kernel_size(size), sigma=recipe.sigma)], p=recipe.blur_p
-            ),
-            T.RandomSolarize(128, p=recipe.solarize_p),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )  # fmt: skip
-
-
-class TwoStageView:
-    """The CPU stage of one view (`--loader device`): crop, flip, uint8; colour parameters drawn.
-
-    Takes a decoded uint8 (3, H, W) tensor (`DecodedFiles`) and returns `{"pixels": uint8 (3,
-    size, size), **draw_colour_params(recipe)}`; the device stage (`scaled.augment.device_stage`)
-    applies the colour ops batched. The crop box and the flip are the reference path's
-    (`view_transform`): the same `get_params` and `torch.rand` calls in the same order, so a
-    sample gets the same crop, flip and colour parameters in both paths. The resize is
-    torchvision's antialiased uint8 tensor resize (same filter, bicubic or bilinear), about 5x
-    faster than PIL's on a core and within one level of it (`uint8_resize` in
-    reference/tolerances.py).
+    `recipe` is a row of `scaled.augment.RECIPES`, `scale_min` the crop's lower scale. The
+    parameters come from `scaled.augment.draw_view` (torchvision's transforms' distributions,
+    tested; the same draws as the CPU stage, `TwoStageView`); the ops are torchvision's
+    functional PIL ops in the order of its transforms: RandomResizedCrop, RandomHorizontalFlip,
+    ColorJitter (in the drawn order), RandomGrayscale, GaussianBlur, RandomSolarize, ToTensor,
+    Normalize.
     """
 
     def __init__(self, recipe: ViewRecipe, size: int, scale_min: float) -> None:
         self.recipe, self.size, self.scale = recipe, size, (scale_min, recipe.scale[1])
         self.interpolation = INTERPOLATIONS[recipe.interpolation]
+        self.kernel = blur_kernel_size(size)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        (i, j, h, w), flip, colour = draw_view(self.recipe, img.height, img.width, self.scale)
+        img = TF.resized_crop(img, i, j, h, w, [self.size] * 2, self.interpolation, antialias=True)
+        if flip:
+            img = TF.hflip(img)
+        p = dict(zip(COLOUR_FIELDS_FLAT, colour, strict=True))
+        if p["jitter"]:
+            for k in (int(p[f"order{n}"]) for n in range(4)):
+                img = JITTER_OPS[k](img, p[f"factor{k}"])
+        if p["gray"]:
+            img = TF.rgb_to_grayscale(img, num_output_channels=3)
+        if p["blur"]:
+            img = TF.gaussian_blur(img, [self.kernel] * 2, [p["sigma"], p["sigma"]])
+        if p["solarize"]:
+            img = TF.solarize(img, 128)
+        return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
+
+
+JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+COLOUR_FIELDS_FLAT = ("jitter", "order0", "order1", "order2", "order3", "factor0", "factor1",
+                      "factor2", "factor3", "gray", "blur", "sigma", "solarize")  # fmt: skip
+
+
+def view_transform(recipe: ViewRecipe, size: int, scale_min: float) -> Callable:
+    """The all-CPU reference augmentation of one view (`--loader torch`): `ReferenceView`."""
+    return ReferenceView(recipe, size, scale_min)
+
+
+class TwoStageView:
+    """The CPU stage of one view (`--loader device`): crop, resize, flip, uint8; parameters drawn.
+
+    Takes a decoded uint8 (3, H, W) tensor (`DecodedFiles`; any memory layout) and returns
+    `{"pixels": uint8 (size, size, 3), "colour": float32 (COLOUR_WIDTH,)}`: the view in HWC
+    layout (the decoder's and the uint8 resize kernel's own, so no repacking anywhere: the
+    collated batch is a plain copy and becomes a channels-last batch on the device) and its
+    colour vector; the device stage (`scaled.augment.device_stage`) applies the colour ops
+    batched. Only floor work besides one parameter draw: one `draw_view` (the reference path's
+    draws: the same crop, flip and colour parameters), one copy of the crop into a packed
+    channels-last block, torchvision's antialiased uint8 resize kernel (same filter as PIL's,
+    within one level: `uint8_resize` in reference/tolerances.py), a flip of the 224 px view when
+    drawn.
+    """
+
+    def __init__(self, recipe: ViewRecipe, size: int, scale_min: float) -> None:
+        self.recipe, self.size, self.scale = recipe, size, (scale_min, recipe.scale[1])
+        self.interpolation = INTERPOLATIONS[recipe.interpolation]
+        self.resize_kernel = UINT8_RESIZE[recipe.interpolation]
 
     def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        i, j, h, w = T.RandomResizedCrop.get_params(img, self.scale, RATIO)
-        crop = img[:, i : i + h, j : j + w]
-        view = TF2.resize(crop, [self.size, self.size], self.interpolation, antialias=True)
-        if torch.rand(1) < self.recipe.flip_p:  # T.RandomHorizontalFlip
-            view = view.flip(-1)
-        return {"pixels": view.contiguous(), **draw_colour_params(self.recipe)}
+        box, flip, colour = draw_view(self.recipe, img.shape[-2], img.shape[-1], self.scale)
+        view = resize_crop(img, box, self.size, self.resize_kernel)
+        if flip:
+            view = view.flip(1)
+        return {"pixels": view, "colour": torch.tensor(colour, dtype=torch.float32)}
+
+
+def resize_crop(img: torch.Tensor, box, size: int, kernel) -> torch.Tensor:
+    """The crop `box` (i, j, h, w) of a uint8 (3, H, W) image resized to uint8 (size, size, 3)
+    by `kernel` (a `UINT8_RESIZE` entry): the crop is copied into a packed channels-last block
+    (the kernel's layout: a strided or channels-first input costs a repack inside it) and the
+    result is returned in the kernel's HWC layout."""
+    i, j, h, w = box
+    crop = img[None, :, i : i + h, j : j + w].contiguous(memory_format=torch.channels_last)
+    out = kernel(crop, [size, size], False, None)[0].permute(1, 2, 0)
+    return out if out.is_contiguous() else out.contiguous()  # a full-image crop comes back CHW
 
 
 def crop_scale_min(cfg) -> float:
@@ -557,6 +596,11 @@ class ViewsDataset(Dataset):
         """A DataLoader batch. Transforms with `draw`/`apply` (the digits' `DigitView`) draw
         per sample under the sample's seed, as `__getitem__` does, and apply once per batch:
         the same views, several times faster. Other transforms go sample by sample."""
+        if all(isinstance(t, TwoStageView) for t in self.transforms):
+            out = [self[item] for item in items]
+            for v in range(len(self.transforms)):  # where each drawn op runs on the device
+                batch_plan([sample[v] for sample in out])
+            return out
         if not all(hasattr(t, "apply") for t in self.transforms):
             return [self[item] for item in items]
         keys = [self._key(item) for item in items]

@@ -172,6 +172,45 @@ def test_views_keep_their_probabilities(augment):
         assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
 
 
+def test_crop_flip_and_jitter_draws_follow_torchvisions_samplers():
+    """`draw_view` takes its crop box, flip, jitter order and factors from one draw of uniforms;
+    each follows the distribution of torchvision's own sampler (two-sample KS of the box's area
+    fraction, log aspect ratio and relative position against `RandomResizedCrop.get_params`;
+    chi-square of the 24 orders; KS of the factors against their uniform ranges). The check can
+    fail: boxes drawn at scale 0.2-1 are rejected against torchvision's at 0.08-1."""
+    from torchvision import transforms as T
+
+    H, W, n, recipe = 375, 500, 2000, A.RECIPES["byol"][0]
+    state = torch.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        ours = [A.draw_view(recipe, H, W, (0.08, 1.0)) for _ in range(n)]
+        narrow = [A.draw_view(recipe, H, W, (0.2, 1.0))[0] for _ in range(n)]
+        img = torch.zeros(3, H, W)
+        theirs = [T.RandomResizedCrop.get_params(img, (0.08, 1.0), A.RATIO) for _ in range(n)]
+    finally:
+        torch.set_rng_state(state)
+
+    def box_stats(boxes):
+        b = np.array(boxes, dtype=float)  # i, j, h, w
+        pos = b[:, 0] / np.maximum(H - b[:, 2], 1), b[:, 1] / np.maximum(W - b[:, 3], 1)
+        return [b[:, 2] * b[:, 3] / (H * W), np.log(b[:, 3] / b[:, 2]), *pos]
+
+    for a, b in zip(box_stats([o[0] for o in ours]), box_stats(theirs), strict=True):
+        assert stats.ks_2samp(a, b).pvalue > 1e-3
+    assert stats.ks_2samp(box_stats(narrow)[0], box_stats(theirs)[0]).pvalue < 1e-6
+    assert stats.binomtest(sum(o[1] for o in ours), n, recipe.flip_p).pvalue > 1e-4
+    colour = torch.tensor([o[2] for o in ours])
+    fields = A.colour_fields(colour)
+    on = fields["jitter"]
+    orders = [tuple(o) for o in fields["order"][on].tolist()]
+    counts = np.array([orders.count(p) for p in set(orders)])
+    assert len(counts) == 24 and stats.chisquare(counts).pvalue > 1e-4
+    for k, (lo, hi) in enumerate(A._jitter_ranges(recipe.jitter)):
+        f = fields["factors"][on, k].numpy()
+        assert stats.kstest(f, stats.uniform(lo, hi - lo).cdf).pvalue > 1e-4, k
+
+
 # --------------------------------------------------------------------------- distributions
 
 KS_ALPHA = 0.01 / 4  # four statistics, Bonferroni
@@ -218,6 +257,8 @@ def test_pixel_statistics_match_the_reference_path(tmp_path):
     new = per_image_stats(views)
     for j in range(4):
         assert stats.ks_2samp(old[:, j], new[:, j]).pvalue > KS_ALPHA, j
-    wrong = {**batches[1], "solarize": torch.ones_like(batches[1]["solarize"])}
+    colour = batches[1]["colour"].clone()
+    colour[:, 12] = 1.0  # solarize: field 12 of `draw_view`'s colour vector
+    wrong = {k: v for k, v in batches[1].items() if not k.startswith("plan")} | {"colour": colour}
     bad = per_image_stats([views[0], A.device_stage(wrong, cpu, fmt)])
     assert stats.ks_2samp(old[:, 2], bad[:, 2]).pvalue < KS_ALPHA  # view 2's mean

@@ -3,7 +3,8 @@
 `DecodedFiles` (torchvision's JPEG decoder) gives the pixels `ImageFiles` (PIL) gives, for every
 JPEG colour mode and for the formats it hands to PIL, and fails the way it does; `TwoStageView`
 cuts the reference path's crop box and flip and resizes within one level of PIL's resize
-(`uint8_resize` row of reference/tolerances.py) for both interpolations, up- and downscaling.
+(`uint8_resize` row of reference/tolerances.py) for both interpolations, up- and downscaling,
+with torchvision's uint8 kernel called directly (bit-equal to `TF2.resize`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
-from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as TF2
 
 from reference.tolerances import tol
-from scaled.augment import RECIPES
-from scaled.data import RATIO, DecodedFiles, ImageFiles, TwoStageView
+from scaled.augment import RECIPES, draw_view
+from scaled.data import (
+    INTERPOLATIONS,
+    UINT8_RESIZE,
+    DecodedFiles,
+    ImageFiles,
+    TwoStageView,
+    resize_crop,
+)
 from scaled.tools.bench.loader import write_jpeg_folder
 from tests.faults.test_run_survival import decompression_bomb_png
 
@@ -75,13 +83,33 @@ def test_decoded_files_fail_as_pil_does(tmp_path):
 
 
 def pil_crop_and_flip(img: Image.Image, view: TwoStageView, seed: int) -> torch.Tensor:
-    """The reference path's RandomResizedCrop + RandomHorizontalFlip with the same draws."""
+    """The reference path's crop, resize and flip (PIL) with the same draws, (H, W, 3) as the
+    CPU stage's views."""
     torch.manual_seed(seed)
-    i, j, h, w = T.RandomResizedCrop.get_params(img, view.scale, RATIO)
+    (i, j, h, w), flip, _ = draw_view(view.recipe, img.height, img.width, view.scale)
     out = TF.resized_crop(img, i, j, h, w, [view.size] * 2, view.interpolation, antialias=True)
-    if torch.rand(1) < view.recipe.flip_p:
+    if flip:
         out = TF.hflip(out)
-    return TF.pil_to_tensor(out)
+    return TF.pil_to_tensor(out).permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_direct_uint8_resize_kernel_is_torchvisions_resize(tmp_path, interpolation):
+    """`resize_crop` calls torchvision's uint8 kernel without its wrapper: bit-equal to
+    `TF2.resize` for up- and downscaled crops and the whole image (whose result the kernel
+    returns channels-first); the check can fail (another box differs)."""
+    write_jpeg_folder(tmp_path, 1, seed=4)
+    img = DecodedFiles([(str(next(tmp_path.rglob("*.jpg"))), 0)]).load(0)[0]
+    mode = INTERPOLATIONS[interpolation]
+    for box in [(10, 20, 40, 50), (0, 0, 375, 500), (100, 30, 250, 300), (5, 5, 96, 96)]:
+        got = resize_crop(img, box, 96, UINT8_RESIZE[interpolation])
+        i, j, h, w = box
+        want = TF2.resize(img[:, i : i + h, j : j + w], [96, 96], mode, antialias=True)
+        assert got.shape == (96, 96, 3) and got.is_contiguous()
+        assert torch.equal(got, want.permute(1, 2, 0)), box
+    kernel = UINT8_RESIZE[interpolation]
+    other = resize_crop(img, (11, 20, 40, 50), 96, kernel)
+    assert not torch.equal(other, resize_crop(img, (10, 20, 40, 50), 96, kernel))
 
 
 @pytest.mark.parametrize("augment", ["byol", "simsiam"])  # bicubic, bilinear

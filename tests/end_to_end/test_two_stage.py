@@ -48,7 +48,7 @@ def test_cpu_stage_depends_only_on_seed_epoch_index(folder):
     torch.rand(10)  # global RNG use in between must not matter
     b = ds[(1, 5)]
     assert same(a[0], b[0]) and same(a[1], b[1])
-    assert a[0]["pixels"].dtype == torch.uint8 and a[0]["pixels"].shape == (3, 32, 32)
+    assert a[0]["pixels"].dtype == torch.uint8 and a[0]["pixels"].shape == (32, 32, 3)  # HWC
     assert not same(a[0], a[1])  # two different views
     assert not same(ds[(2, 5)][0], a[0])  # a new epoch, new views
 

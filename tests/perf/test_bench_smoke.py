@@ -3,6 +3,7 @@ assertions), and its docs sections are found and replaced, never duplicated."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -54,9 +55,13 @@ def test_loader_quick_times_both_cpu_pipelines_and_the_device_stage(tmp_path: Pa
     argv = ["loader", "--quick", "--device", "cpu", "--image-size", "64", "--output-dir"]
     assert cli.main([*argv, str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "loader.json").read_text())
-    assert set(payload["per_core"]) == {"torch", "device", "decode", "decode_tv"}
+    dali = {"dali_cpu"} if importlib.util.find_spec("nvidia.dali") else set()
+    assert set(payload["per_core"]) == {"torch", "device", "decode", "decode_tv", "floor"} | dali
     assert all(v > 0 for v in payload["per_core"].values())
     assert payload["device_stage"]["ms_per_batch"] > 0 and payload["device_stage"]["batch"] == 8
+    assert set(payload["device_stage"]["ms"]) == {"v1", "this"}  # old and new, side by side
+    assert payload["stage_bytes"]["bytes"] > 0 and payload["step_flops"]["flops"] > 0
+    assert 0 < payload["h100_share"]["eager"]["share"] < 1
     assert {r["loader"] for r in payload["dataloader"]} == {"torch", "device"}
 
 

@@ -14,8 +14,9 @@ command that made it):
 - ``step``     the trainer's SSL step (``scaled.pretrain.train_step``) on synthetic data against a
                supervised step of the same backbone, with the time of the loss and statistics and
                of the EMA update as a share of the step (:mod:`.step`).
-- ``loader``   images/s per CPU core of today's loader (all on the CPU) and of the two-stage
-               pipeline's CPU stage, and the device stage's ms per batch (:mod:`.loader`).
+- ``loader``   images/s per CPU core of decode only, the floor (decode + two crop-resizes),
+               today's loader, the two-stage pipeline's CPU stage and DALI's CPU path; the device
+               stage's ms per batch, bytes and estimated H100 share (:mod:`.loader`).
 - ``profile``  torch.profiler of one SSL step: the top operators ("where the time goes"), into
                docs/scaling.md (:mod:`.profile`).
 - ``all``      losses, variance, step and loader (CPU: about 5-8 minutes on 2 cores).
@@ -131,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive_int, default=96, help="images to time per setting")
     p.add_argument("--workers", type=_int_list, default=[1, 2], help="worker counts, e.g. 1,2")
     p.add_argument("--image-size", type=_positive_int, default=224, help="crop size")
-    p.add_argument("--device-batch", type=_positive_int, default=256, help="device stage batch")
+    p.add_argument(
+        "--device-batch", type=_positive_int, default=64, help="device stage batch (per view)"
+    )
 
     p = sub.add_parser("profile", parents=[common], help="torch.profiler of one MINC step")
     p.add_argument("--top", type=_positive_int, default=15, help="rows of the operator table")

@@ -1,23 +1,39 @@
-"""``loader``: images/s per CPU core of today's loader and of the two-stage pipeline's CPU stage,
-and the device stage's time per batch, measured side by side in one run.
+"""``loader``: the input pipeline against its physical floor, per CPU core, and the device stage's
+time, bytes and estimated share of a GPU step, measured side by side in one run.
 
-- today's loader (`--loader torch`): PIL decode + the `--augment` recipe's two views with
-  torchvision PIL ops (`scaled.data.view_transform`);
-- the CPU stage (`--loader device`): PIL decode + two RandomResizedCrops and flips to uint8 views
-  and their colour parameters (`scaled.data.TwoStageView`);
-- the device stage (`scaled.augment.device_stage`): colour jitter, grayscale, blur, solarize and
-  normalisation of a batch (default 256) of both views, on `--device` (CPU here; CUDA when there
-  is one: `time_device_stage` is what `make gpu-check` calls).
+Per core (one process, one torch thread, every pipeline interleaved image by image over the same
+files, so a slow-down of the shared machine hits all alike):
 
-Per core: one process, one torch thread, the two CPU pipelines interleaved image by image over
-the same files (so a slow-down of the shared machine hits both alike); then each in a
-`DataLoader` with `--workers` worker processes.
+- decode only: PIL (`ImageFiles.load`, today's loader's) and torchvision's JPEG decoder
+  (`DecodedFiles.load`, the CPU stage's);
+- the floor: torchvision's decode + the two crop-resizes to the view size with the CPU stage's
+  boxes (drawn before timing) and filter (torchvision's antialiased uint8 kernel), nothing else:
+  the work no two-view pipeline can avoid;
+- today's loader (`--loader torch`: PIL decode and torchvision's PIL ops, `ReferenceView`);
+- the CPU stage (`--loader device`: `TwoStageView` on `DecodedFiles`, and the batch plan);
+- DALI's CPU path when DALI is installed (a `device_id=None` pipeline, one thread: crop-region
+  decode, cubic resize and flip of two views, the CPU stage's work), timed in its own loop
+  right after the interleaved one.
+
+The device stage (`scaled.augment.device_stage`) on `--device` (one thread on a CPU): this
+version and the one before issue 31 (`device_stage_v1`), interleaved; on a CPU also compiled.
+Its bytes are counted per op with a `TorchDispatchMode` (eager ops, at 512 images per GPU, in the
+dtype of CUDA, on the meta device) and for the compiled regions with inductor's own count; the
+FLOPs of one ResNet-50 MINC step at 512 per GPU with `torch.utils.flop_counter`. Bytes at an
+H100's memory bandwidth against FLOPs at its bf16 rate give the stage's estimated share of the
+step (`H100` says where both numbers come from).
+
+The JSON record goes to `--output-dir`/loader.json and, with `--write-docs`, to
+docs/results/bench_loader.json; `docs_section` and `cores_section` render the docs tables from
+it (docs/results.md "Input pipeline", docs/scaling.md's cores-per-GPU table).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +48,24 @@ from scaled.tools.bench.common import (
     write_docs_section,
     write_json,
 )
-from scaled.tools.provenance import environment
+from scaled.tools.provenance import (
+    checkout_root,
+    environment,
+    finished,
+    provenance_line,
+    replace_section,
+)
 
 GPU_RATE = 2000  # images/s one GPU consumes (ResNet-50 two-view SSL step, order of magnitude)
+STEP_BATCH = 512  # images per GPU of the ImageNet presets (global 4096 on 8 GPUs)
+H100 = {
+    "card": "NVIDIA H100 SXM5 80 GB",
+    "memory_bytes_per_s": 3.35e12,
+    "bf16_dense_flops_per_s": 989.4e12,
+    "source": "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM: GPU memory bandwidth 3.35 TB/s; "
+    "BF16 Tensor Core 1,979 teraFLOPS with sparsity, 989.4 dense)",
+}
+RECORD = "bench_loader.json"  # under docs/results/
 
 
 def write_jpeg_folder(root: Path, n_images: int, seed: int, size: tuple[int, int] = (500, 375)):
@@ -55,28 +86,105 @@ def write_jpeg_folder(root: Path, n_images: int, seed: int, size: tuple[int, int
         Image.fromarray(pixels).save(folder / f"img{i:04d}.jpg", quality=90)
 
 
-def time_in_process(datasets: dict[str, Any], n: int) -> dict[str, float]:
-    """Images/s of each dataset's `__getitem__` in this process, interleaved image by image."""
-    seconds = dict.fromkeys(datasets, 0.0)
-    for ds in datasets.values():
-        ds[(0, 0)]  # warm-up (imports, first decode): not timed
-    for i in range(n):
-        for name, ds in datasets.items():
-            t0 = time.perf_counter()
-            ds[(1, i)]
-            seconds[name] += time.perf_counter() - t0
-    return {name: n / s for name, s in seconds.items()}
+# --------------------------------------------------------------------------- CPU pipelines
 
 
 class DecodeOnly:
     """A source's `load` alone: `ImageFiles` (PIL decode to RGB, today's loader) or
-    `DecodedFiles` (torchvision's JPEG decoder, the CPU stage): the floor under each pipeline."""
+    `DecodedFiles` (torchvision's JPEG decoder, the CPU stage)."""
 
     def __init__(self, source) -> None:
         self.source = source
 
     def __getitem__(self, item):
         return self.source.load(item[1])
+
+
+class Floor:
+    """torchvision's decode + the two crop-resizes of the CPU stage (`two_stage`, a two-stage
+    `ViewsDataset`), with the boxes it draws for epoch `epoch` (drawn here, before timing) and
+    its resize kernel: the floor under every two-view pipeline."""
+
+    def __init__(self, two_stage, n: int, epoch: int = 1) -> None:
+        from scaled.augment import draw_view
+        from scaled.data import UINT8_RESIZE, resize_crop
+
+        self.source, self.resize_crop = two_stage.source, resize_crop
+        self.views = [(t.size, UINT8_RESIZE[t.recipe.interpolation]) for t in two_stage.transforms]
+        self.boxes = {}
+        for i in range(n):
+            img = self.source.load(i)[0]
+            H, W = img.shape[-2:]
+
+            def draw(img=img, H=H, W=W):
+                return [draw_view(t.recipe, H, W, t.scale)[0] for t in two_stage.transforms]
+
+            self.boxes[i] = two_stage._seeded(epoch, i, draw)
+
+    def __getitem__(self, item):
+        img = self.source.load(item[1])[0]
+        boxes = self.boxes[item[1]]
+        return [self.resize_crop(img, b, s, k) for b, (s, k) in zip(boxes, self.views, strict=True)]
+
+
+def time_in_process(datasets: dict[str, Any], n: int) -> dict[str, float]:
+    """Images/s of each dataset's `__getitem__` in this process, interleaved image by image.
+    A two-stage `ViewsDataset` is timed as its DataLoader batch: `__getitems__` per image, with
+    the batch plan."""
+    seconds = dict.fromkeys(datasets, 0.0)
+
+    def get(ds, item):
+        return ds.__getitems__([item]) if hasattr(ds, "__getitems__") else ds[item]
+
+    for ds in datasets.values():
+        get(ds, (1, 0))  # warm-up (imports, first decode): not timed
+    for i in range(n):
+        for name, ds in datasets.items():
+            t0 = time.perf_counter()
+            get(ds, (1, i))
+            seconds[name] += time.perf_counter() - t0
+    return {name: n / s for name, s in seconds.items()}
+
+
+def dali_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nvidia") is not None and (
+        importlib.util.find_spec("nvidia.dali") is not None
+    )
+
+
+def time_dali_cpu(files: list[str], image_size: int, scale_min: float = 0.08, batch: int = 8):
+    """Images/s of DALI's CPU path on one thread over `files` (two views each: crop-region
+    decode, cubic antialiased resize, flip), after one warm-up batch; None without DALI."""
+    if not dali_available():
+        return None
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        jpegs, _ = fn.readers.file(files=files, random_shuffle=False, name="Reader")
+        views = []
+        for _ in range(2):
+            x = fn.decoders.image_random_crop(
+                jpegs,
+                device="cpu",
+                output_type=types.RGB,
+                random_area=[scale_min, 1.0],
+                random_aspect_ratio=[0.75, 4 / 3],
+            )
+            x = fn.resize(x, size=[image_size] * 2, interp_type=types.INTERP_CUBIC, antialias=True)
+            views.append(fn.flip(x, horizontal=fn.random.coin_flip(probability=0.5)))
+        return tuple(views)
+
+    p = pipe()
+    p.build()
+    p.run()
+    runs = max(1, len(files) // batch)
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        p.run()
+    return runs * batch / (time.perf_counter() - t0)
 
 
 def time_loader(dataset, n: int, batch: int, workers: int, seed: int) -> dict[str, Any]:
@@ -95,12 +203,16 @@ def time_loader(dataset, n: int, batch: int, workers: int, seed: int) -> dict[st
     return {"workers": workers, "images": count, "img_per_s": count / elapsed}
 
 
+# --------------------------------------------------------------------------- the device stage
+
+
 def synthetic_views(batch: int, image_size: int, augment: str = "byol", seed: int = 0):
-    """Two collated CPU-stage view batches: random uint8 pixels, colour parameters drawn per
-    sample from `sample_seed(seed, 0, index)` as the CPU stage draws them."""
+    """Two collated CPU-stage view batches: random uint8 pixels (B, H, W, 3), colour vectors
+    drawn per sample from `sample_seed(seed, 0, index)` as the CPU stage draws them, and the
+    batch plan."""
     from torch.utils.data import default_collate
 
-    from scaled.augment import RECIPES, draw_colour_params
+    from scaled.augment import RECIPES, batch_plan, draw_view
     from scaled.data import sample_seed
 
     state = torch.get_rng_state()
@@ -108,79 +220,296 @@ def synthetic_views(batch: int, image_size: int, augment: str = "byol", seed: in
     try:
         for i in range(batch):
             torch.manual_seed(sample_seed(seed, 0, i))
-            pixels = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
+            pixels = torch.randint(0, 256, (2, image_size, image_size, 3), dtype=torch.uint8)
             for v, recipe in enumerate(RECIPES[augment]):
-                views[v].append({"pixels": pixels[v], **draw_colour_params(recipe)})
+                _, _, colour = draw_view(recipe, image_size, image_size, recipe.scale)
+                views[v].append({"pixels": pixels[v], "colour": torch.tensor(colour)})
     finally:
         torch.set_rng_state(state)
+    for v in views:
+        batch_plan(v)  # as `ViewsDataset.__getitems__` does in the CPU stage's workers
     return [default_collate(v) for v in views]
 
 
+def _v1_inputs(view: dict[str, torch.Tensor]):
+    """A view batch in the format of the stage before issue 31: NCHW pixels, named fields."""
+    from scaled.augment import colour_fields
+
+    return view["pixels"].permute(0, 3, 1, 2).contiguous(), colour_fields(view["colour"])
+
+
+def _stages(device: torch.device, compiled: bool) -> dict[str, Any]:
+    """name -> function of one view batch: the stage before issue 31 (`v1`), this one (eager
+    on a CPU, `STAGE_COMPILE` elsewhere), and on request this one compiled."""
+    from scaled.augment import augment_batch, device_stage
+    from scaled.tools.bench.device_stage_v1 import augment_batch as augment_v1
+
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def v1(view):
+        pixels, fields = _v1_inputs(view)
+        return augment_v1(pixels.to(device), {k: t.to(device) for k, t in fields.items()})
+
+    def this_compiled(view):
+        moved = {k: t.to(device, non_blocking=True) for k, t in view.items()}
+        pixels = moved.pop("pixels").permute(0, 3, 1, 2)
+        return augment_batch(pixels, moved, compile=True, memory_format=fmt)
+
+    out = {"v1": v1, "this": lambda view: device_stage(view, device, fmt)}
+    if compiled:
+        out["this, compiled"] = this_compiled
+    return out
+
+
 def time_device_stage(
-    device: torch.device | str, batch: int = 256, image_size: int = 224, reps: int = 3
+    device: torch.device | str,
+    batch: int = 256,
+    image_size: int = 224,
+    reps: int = 3,
+    compare: bool = True,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Milliseconds of the device stage on `device` for one batch of `batch` samples, both views
-    (median of `reps` after a warm-up on 2 samples), from (pinned, on CUDA) uint8 views: the
-    host-to-device copy is included. What `make gpu-check` calls on CUDA. On a CPU it runs with
-    one torch thread (per core, as the loaders are timed)."""
+    (median of `reps` after a warm-up), from (pinned, on CUDA) uint8 views: the host-to-device
+    copy is included. With `compare`, the stage before issue 31 is timed too, interleaved rep by
+    rep; with `compiled`, the compiled stage (its compile in the warm-up, not timed). What `make
+    gpu-check` calls on CUDA. On a CPU it runs with one torch thread (per core, as the loaders)."""
     device = torch.device(device)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)
     try:
-        times = _device_stage_seconds(device, batch, image_size, reps)
+        views = synthetic_views(batch, image_size)
+        if device.type == "cuda":
+            views = [{k: t.pin_memory() for k, t in v.items()} for v in views]
+        stages = _stages(device, compiled)
+        if not compare:
+            stages.pop("v1")
+        times: dict[str, list[float]] = defaultdict(list)
+        for fn in stages.values():
+            [fn(v) for v in views]  # warm-up at the timed shape (a compile happens here)
+        for _ in range(reps):
+            for name, fn in stages.items():
+                synchronize(device)
+                t0 = time.perf_counter()
+                [fn(v) for v in views]
+                synchronize(device)
+                times[name].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
-    ms = 1000 * float(np.median(times))
-    return {"device": str(device), "batch": batch, "image_size": image_size, "ms_per_batch": ms}
+    ms = {name: 1000 * float(np.median(t)) for name, t in times.items()}
+    out = {"device": str(device), "batch": batch, "image_size": image_size, "reps": reps}
+    out |= {"ms_per_batch": ms["this"], "ms": ms}
+    if "v1" in ms:
+        out["v1_over_this"] = ms["v1"] / ms["this"]
+    return out
 
 
-def _device_stage_seconds(device, batch: int, image_size: int, reps: int) -> list[float]:
-    from scaled.augment import device_stage
+VIEW_OPS = {  # aten ops that move no data (views, metadata)
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "expand",
+    "permute",
+    "slice",
+    "select",
+    "unsqueeze",
+    "squeeze",
+    "t",
+    "transpose",
+    "alias",
+    "as_strided",
+    "detach",
+    "unbind",
+    "split",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "lift_fresh",
+    "_to_copy_meta",
+}
 
-    fmt = torch.channels_last if device.type == "cuda" else torch.preserve_format
-    warm, views = synthetic_views(2, image_size), synthetic_views(batch, image_size)
-    if device.type == "cuda":
-        views = [{k: t.pin_memory() for k, t in v.items()} for v in views]
 
-    def run(vs):
-        return [device_stage(v, device, fmt) for v in vs]
-
-    run(warm)
-    times = []
-    for _ in range(reps):
-        synchronize(device)
-        t0 = time.perf_counter()
-        run(views)
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
+def _unique_bytes(t: torch.Tensor) -> int:
+    """Bytes an op reads or writes of `t`: its elements, an expanded (stride 0) dim once."""
+    if t.numel() == 0:
+        return 0
+    n = 1
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        n *= size if stride != 0 else 1
+    return n * t.element_size()
 
 
-def loader_rows(per_core: dict[str, float], device_ms: float, batch: int) -> list[list[Any]]:
-    """The table: images/s per core, the ratio to today's loader, cores per GPU."""
-    old, new = per_core["torch"], per_core["device"]
-    both = 1.0 / (1.0 / new + device_ms / 1000 / batch)  # CPU stage + device stage on one core
+class ByteCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts, per aten op, the bytes of its tensor inputs (read) and outputs (written), under
+    the phase label `phase`; ops that only make views are free. A lower bound of an eager op's
+    memory traffic (each input read once, each output written once)."""
 
-    def row(name: str, rate: float) -> list[Any]:
-        return [name, f"{rate:.1f}", f"{rate / old:.1f}", f"{GPU_RATE / rate:.1f}"]
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "stage"
+        self.rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
 
-    return [
-        row("decode only, PIL (`ImageFiles.load`)", per_core["decode"]),
-        row("decode only, torchvision (`DecodedFiles.load`)", per_core["decode_tv"]),
-        row("today's loader (`--loader torch`)", old),
-        row("CPU stage (`--loader device`)", new),
-        ["both stages on one CPU core", f"{both:.1f}", f"{both / old:.2f}", "-"],
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in VIEW_OPS:
+            return out
+        ins = torch.utils._pytree.tree_leaves((args, kwargs))
+        outs = torch.utils._pytree.tree_leaves(out)
+        row = self.rows[(self.phase, name)]
+        row[0] += 1
+        row[1] += sum(_unique_bytes(t) for t in ins if isinstance(t, torch.Tensor))
+        row[2] += sum(_unique_bytes(t) for t in outs if isinstance(t, torch.Tensor))
+        return out
+
+
+def count_stage_bytes(
+    batch: int = STEP_BATCH, image_size: int = 224, dtype=torch.bfloat16
+) -> dict[str, Any]:
+    """Bytes each eager op of the device stage reads and writes for one step's two views of
+    `batch` images in `dtype` (CUDA's), on the meta device (shapes only, no arithmetic), the
+    host-to-device copy of the uint8 views and colour vectors included; per phase (colour =
+    jitter + grayscale, blur, finish = solarize + normalise) and per op."""
+    from scaled import augment as A
+
+    views = synthetic_views(batch, image_size)
+    meta = torch.device("meta")
+    counter = ByteCounter()
+
+    def phase(name: str) -> None:
+        counter.phase = name
+
+    with counter:
+        for v in views:
+            phase("copy")
+            p = {k: t.to(meta) for k, t in v.items()}
+            pixels = p.pop("pixels").permute(0, 3, 1, 2)
+            A.augment_batch(
+                pixels,
+                p,
+                dtype=dtype,
+                compile=False,
+                memory_format=torch.channels_last,
+                on_phase=phase,
+            )
+    ops = [
+        {"phase": ph, "op": op, "calls": c, "read": r, "written": w}
+        for (ph, op), (c, r, w) in sorted(counter.rows.items(), key=lambda kv: -sum(kv[1][1:]))
     ]
+    phases: dict[str, int] = defaultdict(int)
+    for row in ops:
+        phases[row["phase"]] += row["read"] + row["written"]
+    total = sum(phases.values())
+    return {
+        "batch": batch,
+        "image_size": image_size,
+        "dtype": str(dtype),
+        "bytes": total,
+        "phases": dict(phases),
+        "ops": ops,
+    }
+
+
+def fused_stage_bytes(eager: dict[str, Any], small_batch: int = 8) -> dict[str, Any]:
+    """Bytes of the compiled stage (what runs on CUDA, `STAGE_COMPILE`): inductor's count of the
+    memory its fused kernels read and write (`graph.count_bytes`, logged under the
+    `inductor_metrics` artifact) for the two compiled regions, compiled here on the CPU in
+    `eager`'s dtype at `small_batch` and scaled by the batch (every buffer is per sample), plus
+    the eager count of the blur and the copy (outside the compiled regions)."""
+    import torch._inductor.metrics as metrics
+
+    from scaled import augment as A
+
+    dtype = getattr(torch, eager["dtype"].split(".")[-1])
+    size, batch = eager["image_size"], eager["batch"]
+    views = synthetic_views(small_batch, size)
+    torch._logging.set_logs(inductor_metrics=True)
+    torch._dynamo.reset()
+    metrics.reset()
+    try:  # both views have the same shapes and (selects) the same kernels: compile one
+        p = {**A.colour_fields(views[0]["colour"]), **views[0]}
+        pixels = p.pop("pixels").permute(0, 3, 1, 2)
+        colour = torch.compile(A._colour, dynamic=False, fullgraph=True)
+        finish = torch.compile(A._finish, dynamic=False, fullgraph=True)
+        x = colour(pixels, p["jitter"], p["order"], p["factors"], p["gray"], dtype)
+        c = A._constants(torch.device("cpu"), torch.float32)
+        finish(x, p["solarize"], c["scale"], c["shift"], torch.channels_last)
+        compiled = metrics.num_bytes_accessed * len(views) * batch / small_batch
+    finally:
+        torch._logging.set_logs()
+        torch._dynamo.reset()
+    outside = eager["phases"].get("blur", 0) + eager["phases"].get("copy", 0)
+    return {
+        "compiled_regions": compiled,
+        "blur_and_copy": outside,
+        "bytes": compiled + outside,
+        "small_batch": small_batch,
+    }
+
+
+def step_flops(batch: int = STEP_BATCH, image_size: int = 224, measured_batch: int = 2) -> dict:
+    """FLOPs of one training step (`scaled.pretrain.train_step`) of the `imagenet_r50_minc`
+    preset (ResNet-50, MINC: both views through the online network and back, the target
+    forward, statistics, loss, LARS) at `batch` images, counted by `torch.utils.flop_counter`
+    at `measured_batch` on the CPU and scaled linearly (every term is per sample: convolutions,
+    the k x k statistics)."""
+    from dataclasses import replace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scaled.config import imagenet_r50_minc
+    from scaled.pretrain import build_run_state, train_step
+
+    cfg = replace(
+        imagenet_r50_minc(),
+        batch_size=measured_batch,
+        sync_bn=False,
+        device="cpu",
+        image_size=image_size,
+        online_probe=False,
+        amp="none",
+    )
+    run = build_run_state(cfg, 3, 1000, device=torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    x1, x2 = (torch.randn(measured_batch, 3, image_size, image_size, generator=gen) for _ in "12")
+    labels = torch.zeros(measured_batch, dtype=torch.long)
+    batch_ = [(x1, x2, labels, torch.zeros((), dtype=torch.long))]
+    train_step(run, batch_)  # the first step builds state (EMA statistics, optimiser buffers)
+    with FlopCounterMode(display=False) as counter:
+        train_step(run, batch_)
+    flops = counter.get_total_flops()
+    return {
+        "preset": "imagenet_r50_minc",
+        "measured_batch": measured_batch,
+        "flops_measured": flops,
+        "batch": batch,
+        "flops": flops * batch / measured_batch,
+    }
+
+
+def h100_share(stage_bytes: float, flops: float) -> dict[str, float]:
+    """The stage's time at the H100's memory bandwidth and the step's at its dense bf16 rate;
+    the stage's share of stage + step."""
+    t_stage = stage_bytes / H100["memory_bytes_per_s"]
+    t_step = flops / H100["bf16_dense_flops_per_s"]
+    return {
+        "stage_ms": 1000 * t_stage,
+        "step_ms": 1000 * t_step,
+        "share": t_stage / (t_stage + t_step),
+    }
+
+
+# --------------------------------------------------------------------------- the run
 
 
 def run_loader(args: argparse.Namespace) -> dict[str, Any]:
-    """The `loader` benchmark; returns its JSON payload."""
+    """The `loader` benchmark; returns its JSON record."""
     import tempfile
     from dataclasses import replace
 
     from scaled.config import PretrainConfig
-    from scaled.data import pretrain_dataset
+    from scaled.data import crop_scale_min, pretrain_dataset
 
     device = pick_device(args.device)
     env = environment(device.type)
@@ -192,73 +521,230 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
         if not args.data_dir:
             write_jpeg_folder(data_dir, n_images, args.seed)
         cfg = replace(PretrainConfig(), data_dir=str(data_dir), image_size=args.image_size)
-        datasets = {
-            k: pretrain_dataset(cfg, two_stage=k == "device")[0] for k in ("torch", "device")
-        }
-        datasets["decode"] = DecodeOnly(datasets["torch"].source)
-        datasets["decode_tv"] = DecodeOnly(datasets["device"].source)
-        n = min(len(datasets["torch"]), n_images)
+        ref, two = (pretrain_dataset(cfg, two_stage=k)[0] for k in (False, True))
+        n = min(len(ref), n_images)
+        datasets = {"decode": DecodeOnly(ref.source), "decode_tv": DecodeOnly(two.source)}
+        datasets |= {"floor": Floor(two, n), "torch": ref, "device": two}
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             per_core = time_in_process(datasets, n)
+            files = [two.source.samples[i][0] for i in range(n)]
+            dali = time_dali_cpu(files, args.image_size, crop_scale_min(cfg))
         finally:
             torch.set_num_threads(threads)
+        if dali is not None:
+            per_core["dali_cpu"] = dali
         print(f"  per core: {per_core}")
         dl = [
             {"loader": k, **time_loader(ds, n, max(1, min(8, n // 4)), w, args.seed)}
             for w in workers
-            for k, ds in datasets.items()
-            if not k.startswith("decode")
+            for k, ds in (("torch", ref), ("device", two))
         ]
-    reps = 1 if args.quick or device.type == "cpu" else 3  # CPU: one batch of 256 is minutes
-    stage = time_device_stage(device, batch, args.image_size, reps=reps)
+    reps = 1 if args.quick else 3
+    compiled = device.type == "cpu" and not args.quick
+    stage = time_device_stage(device, batch, args.image_size, reps=reps, compiled=compiled)
     print(f"  device stage: {stage}")
-    table = markdown_table(
-        [f"pipeline (two views, {args.image_size} px)", "images/s per core", "x today's",
-         f"cores per GPU at {GPU_RATE} images/s"],
-        loader_rows(per_core, stage["ms_per_batch"], batch),
-    )  # fmt: skip
-    table += "\n\n" + markdown_table(
-        [f"device stage on {device.type}", "batch (both views)", "ms per batch", "ms per image"],
-        [["`scaled.augment.device_stage`", batch, f"{stage['ms_per_batch']:.0f}",
-          f"{stage['ms_per_batch'] / batch:.2f}"]],
-    )  # fmt: skip
-    table += "\n\n" + markdown_table(
+    eager = count_stage_bytes(8 if args.quick else STEP_BATCH, args.image_size)
+    fused = None if args.quick else fused_stage_bytes(eager)
+    flops = step_flops(8 if args.quick else STEP_BATCH, args.image_size)
+    share = {"eager": h100_share(eager["bytes"], flops["flops"])}
+    if fused is not None:
+        share["compiled"] = h100_share(fused["bytes"], flops["flops"])
+    source = args.data_dir or f"{n_images} generated 500x375 JPEGs (quality 90)"
+    record = {"benchmark": "loader", "env": finished(env), "command": args.command_line}
+    record |= {"per_core": per_core, "device_stage": stage, "dataloader": dl}
+    record |= {"stage_bytes": eager, "stage_bytes_compiled": fused, "step_flops": flops}
+    record |= {"h100_share": share, "h100": H100}
+    record["settings"] = {"data": source, "image_size": args.image_size, "gpu_rate": GPU_RATE}
+    print(loader_tables(record))
+    write_json(args.output_dir, "loader", record)
+    if args.write_docs:
+        root = checkout_root()
+        path = root / "docs" / "results" / RECORD
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        print(f"wrote {path}")
+        write_docs_section("loader", docs_section(root))
+        replace_section(root / "docs" / "scaling.md", "loader-cores", cores_section(root))
+    return record
+
+
+# --------------------------------------------------------------------------- the docs tables
+
+PIPELINES = {  # per_core key -> row name
+    "decode": "decode only, PIL (`ImageFiles.load`)",
+    "decode_tv": "decode only, torchvision (`DecodedFiles.load`)",
+    "floor": "**floor**: torchvision decode + two crop-resizes (same boxes, same filter)",
+    "torch": "today's loader (`--loader torch`)",
+    "device": "CPU stage (`--loader device`)",
+    "dali_cpu": "DALI, CPU path (`device_id=None`, one thread; decode, crop, resize, flip)",
+}
+
+
+def loader_tables(record: dict[str, Any]) -> str:
+    """The markdown tables of a `bench loader` record."""
+    pc, gpu_rate = record["per_core"], record["settings"]["gpu_rate"]
+    size = record["settings"]["image_size"]
+    rows = [
+        [
+            name,
+            f"{pc[k]:.1f}",
+            f"{pc[k] / pc['decode_tv']:.2f}",
+            f"{pc[k] / pc['floor']:.2f}",
+            f"{gpu_rate / pc[k]:.1f}",
+        ]
+        for k, name in PIPELINES.items()
+        if k in pc
+    ]
+    out = markdown_table(
+        [
+            f"pipeline (two {size} px views)",
+            "images/s per core",
+            "x decode only",
+            "x floor",
+            f"cores per GPU at {gpu_rate} images/s",
+        ],
+        rows,
+    )
+    st = record["device_stage"]
+    ms = st["ms"]
+    stage_rows = (
+        [
+            [name, f"{t:.0f}", f"{t / st['batch']:.2f}", f"{ms['v1'] / t:.1f}"]
+            for name, t in ms.items()
+        ]
+        if "v1" in ms
+        else []
+    )
+    out += "\n\n" + markdown_table(
+        [
+            f"device stage on {st['device']}, batch {st['batch']} (both views)",
+            "ms per batch",
+            "ms per image",
+            "x faster than v1",
+        ],
+        stage_rows,
+    )
+    eb, fl, share = record["stage_bytes"], record["step_flops"], record["h100_share"]
+    rows = [
+        [
+            "eager ops (TorchDispatchMode count)",
+            f"{eb['bytes'] / 1e9:.2f}",
+            f"{share['eager']['stage_ms']:.2f}",
+            f"{share['eager']['step_ms']:.1f}",
+            f"{100 * share['eager']['share']:.1f}%",
+        ]
+    ]
+    if record.get("stage_bytes_compiled"):
+        c = share["compiled"]
+        rows.append(
+            [
+                "compiled regions (inductor's count) + blur and copy (eager count)",
+                f"{record['stage_bytes_compiled']['bytes'] / 1e9:.2f}",
+                f"{c['stage_ms']:.2f}",
+                f"{c['step_ms']:.1f}",
+                f"{100 * c['share']:.1f}%",
+            ]
+        )
+    out += "\n\n" + markdown_table(
+        [
+            f"device stage at {eb['batch']} images per GPU, {eb['dtype'].split('.')[-1]}",
+            "GB moved",
+            "ms at 3.35 TB/s",
+            f"step ms at 989 TFLOPS ({fl['flops'] / 1e12:.1f} TFLOP)",
+            "share of the step",
+        ],
+        rows,
+    )
+    phases = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in eb["phases"].items())
+    out += f"\n\nEager bytes by phase: {phases}."
+    dl = record["dataloader"]
+    out += "\n\n" + markdown_table(
         ["DataLoader workers", "loader", "images timed", "images/s"],
         [[r["workers"], r["loader"], r["images"], f"{r['img_per_s']:.1f}"] for r in dl],
     )
-    print(table)
-    source = args.data_dir or f"{n_images} generated 500x375 JPEGs (quality 90)"
-    payload = {"benchmark": "loader", "env": env, "command": args.command_line}
-    payload.update(per_core=per_core, device_stage=stage, dataloader=dl)
-    payload["settings"] = {"data": source, "image_size": args.image_size, "gpu_rate": GPU_RATE}
-    write_json(args.output_dir, "loader", payload)
-    if args.write_docs:
-        notes = loader_notes(args.image_size, source, device.type)
-        title = "Input pipeline: images/s per core, CPU stage and device stage"
-        write_docs_section("loader", docs_body(title, args.command_line, env, table, notes, None))
-    return payload
+    return out
 
 
-def loader_notes(image_size: int, source: str, device_type: str) -> str:
+def _record(root: Path) -> dict[str, Any]:
+    from scaled.config import UserError
+
+    path = root / "docs" / "results" / RECORD
+    if not path.is_file():
+        raise UserError(f"no {path}; run `python -m scaled.tools.bench loader --write-docs`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def docs_section(root: Path) -> str:
+    """docs/results.md's "Input pipeline" section from docs/results/bench_loader.json (the
+    renderer `python -m scaled.tools.results` calls)."""
+    record = _record(root)
+    title = "Input pipeline: the CPU stage against its floor, DALI's CPU path, the device stage"
+    return docs_body(
+        title, record["command"], record["env"], loader_tables(record), loader_notes(record), None
+    )
+
+
+def cores_section(root: Path) -> str:
+    """docs/scaling.md's cores-per-GPU table from docs/results/bench_loader.json."""
+    record = _record(root)
+    pc, rate = record["per_core"], record["settings"]["gpu_rate"]
+    rows = [
+        [PIPELINES[k], f"{pc[k]:.1f}", f"{pc[k] / pc['floor']:.2f}", f"{rate / pc[k]:.1f}"]
+        for k in ("floor", "torch", "device", "dali_cpu")
+        if k in pc
+    ]
+    table = markdown_table(
+        [
+            "per CPU core, two 224 px views",
+            "images/s",
+            "x floor",
+            f"cores per GPU at {rate:,} images/s",
+        ],
+        rows,
+    )
+    cmd = record["command"]
+    return (
+        f"Command: `{cmd}` (docs/results/{RECORD}, rendered by "
+        "`scaled.tools.bench.loader.cores_section`)  \n"
+        f"Measured on: {provenance_line(record['env'])}.\n\n{table}\n"
+    )
+
+
+def loader_notes(record: dict[str, Any]) -> str:
     """The text under the tables in docs/results.md."""
+    s, pc = record["settings"], record["per_core"]
     gpu = (
         "No GPU was lent to the session that measured this: the device stage ran on the CPU; "
         "its CUDA time comes from `make gpu-check` (`time_device_stage('cuda')`)."
-        if device_type == "cpu"
+        if record["device_stage"]["device"] == "cpu"
         else "The device stage ran on CUDA."
     )
+    dali = (
+        "DALI's CPU path ran in its own loop right after the interleaved one (one thread, "
+        "batches of 8)."
+        if "dali_cpu" in pc
+        else "DALI is not installed here: no DALI row."
+    )
+    h = record["h100"]
     return f"""
-On {source}, {image_size} px, two views per image. "Per core": one process and one torch thread
-calls each dataset's `__getitem__` (decode + its CPU work), the two pipelines interleaved image
-by image over the same files. Today's loader (`--loader torch`) decodes with PIL and does all of
-BYOL's augmentations with torchvision's PIL ops; the CPU stage (`--loader device`) decodes with
-torchvision's JPEG decoder, crops, resizes (torchvision's uint8 tensor resize), flips and draws
-the colour parameters, and hands uint8 views to the device stage, which augments the batch at
-once (time includes the host-to-device copy). Issue 14's target: the CPU stage at >= 20x today's
-loader and >= 250 images/s per core. "Cores per GPU" is {GPU_RATE} images/s divided by the
-rate per core. "Both stages on one CPU core" charges the device stage's time per image to the
-same core: it decides `--loader auto` on a CPU (`scaled.data.CPU_IMAGEFOLDER_LOADER`). The
-DataLoader rows are worker processes on this shared 2-core machine (a lower bound). {gpu}
+On {s["data"]}, {s["image_size"]} px, two views per image. "Per core": one process and one
+torch thread calls each pipeline per image, all interleaved image by image over the same files.
+The floor is torchvision's decode plus the two crop-resizes with the CPU stage's boxes (drawn
+before timing) and filter (torchvision's antialiased uint8 kernel), nothing else. Today's loader
+(`--loader torch`) decodes with PIL and runs BYOL's augmentations with torchvision's PIL ops; the
+CPU stage (`--loader device`) draws each view's parameters once, crops, resizes and flips to
+uint8 views and hands them with their colour vectors and the batch plan to the device stage. {dali}
+Issue 31's targets: the CPU stage >= 0.9 x the floor and >= 250 images/s per core.
+
+The device stage rows: this version (`scaled.augment.device_stage`, eager; compiled where
+timed) and the one before issue 31 (`scaled.tools.bench.device_stage_v1`), interleaved rep by
+rep on the same synthetic batch (median of {record["device_stage"]["reps"]}). Its share of a
+step: the bytes its ops move at one step's 512 images per GPU (counted per op with a
+`TorchDispatchMode` on the meta device; the compiled regions by inductor's own count, compiled
+on this CPU) at {h["card"]}'s memory bandwidth, against the FLOPs of one `imagenet_r50_minc`
+step (`torch.utils.flop_counter`, counted at batch 2 and scaled) at its dense bf16 rate
+({h["source"]}). Both at peak: an estimate from physics, not a timing. "Cores per GPU" is
+{s["gpu_rate"]} images/s divided by the rate per core. The DataLoader rows are worker processes
+on this shared 2-core machine (a lower bound). {gpu}
 """
