@@ -329,10 +329,12 @@ def test_a_second_run_in_the_same_output_dir_is_refused_and_a_stale_lock_is_not(
     argv = [*TINY, *IMAGE_ARGS, "--data-dir", str(image_root), "--output-dir", str(run)]
     with open(run / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write(f"{os.getpid()}\n")
+        held.write(f"otherhost pid {os.getpid()}\n")  # what OutputDirLock writes: its owner
         held.flush()
         code, err = run_main(capsys, *argv)
-        user_error(code, err, f"--output-dir {run} is in use by another run (pid {os.getpid()}")
+        user_error(
+            code, err, f"--output-dir {run} is in use by another run (otherhost pid {os.getpid()}"
+        )
     assert not list_checkpoints(run)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
