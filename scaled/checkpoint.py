@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, keep the newest K, find the newest readable one.
+"""Checkpoints: atomic writes (and the debris of killed writers), keep the newest K, find the
+newest readable one.
 
 A checkpoint holds only tensors and primitives (nested dicts / lists / tuples of them), so it
 loads with `torch.load(..., weights_only=True)`: online and target weights, the loss module's
@@ -8,7 +9,9 @@ the epoch, RNG states, the config, the git SHA and package versions.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import random
 import re
 import sys
@@ -60,6 +63,66 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write `text` to `path` as `atomic_save` does: a temporary file beside it, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# The temporary files of `atomic_save` / `atomic_write_text`: `.NAME.tmp.PID` (.pt and .json).
+TEMPORARY_RE = re.compile(r"^\.(.+\.(?:pt|json))\.tmp\.(\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (signal 0: nothing is sent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names=None) -> list[Path]:
+    """Delete the temporary files that killed writers left in `folder`; returns them.
+
+    A writer killed inside `atomic_save` (SIGKILL, the OOM killer, a node failure) leaves its
+    full-size `.NAME.tmp.PID`. The rule: such a file is deleted when no process with its PID is
+    alive on this machine; a live PID's file is kept (it may be a writer now, or a reused PID:
+    then it goes at a later start). The callers hold the folder (the run's lock, or their own
+    output names `names`), so no writer on another machine shares it. Undeletable files are
+    left where they are.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = TEMPORARY_RE.match(path.name)
+        if not match or (names is not None and match.group(1) not in names):
+            continue
+        if pid_alive(int(match.group(2))) or not path.is_file():
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def looks_complete(path: str | os.PathLike) -> bool:
@@ -124,13 +187,25 @@ def newest_valid_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict] | N
                 raise ValueError(f"not a pretrain.py checkpoint: no {', '.join(missing)}")
             return path, ckpt
         except Exception as err:  # any failure means "not usable"
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            msg = unreadable_reason(err)
             print(
                 f"warning: checkpoint {path} is unreadable ({msg}); "
                 "falling back to the previous one",
                 file=sys.stderr,
             )
     return None
+
+
+def unreadable_reason(err: Exception) -> str:
+    """Why a checkpoint did not load, in a few words. torch's refusal of a pickle payload
+    advises retrying with weights_only=False, which runs that payload's code: never passed on."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return (
+            "it holds pickled objects other than tensors and primitives, which are not loaded "
+            "(weights_only=True)"
+        )
+    return text.splitlines()[0] if text.strip() else type(err).__name__
 
 
 def rng_state() -> dict:
@@ -246,8 +321,9 @@ def checkpoint_shapes(ckpt: dict) -> tuple[int, int]:
 def model_differences(run, ckpt: dict) -> list[str]:
     """What differs between the model of `ckpt` and the one `run` built (resume report)."""
     old = ckpt.get("config", {})
-    keys = ("method", "arch", "width", "small_blocks", "stem_stride", "proj_out", "proj_hidden",
-            "pred_hidden", "predictor", "target_network", "online_probe")  # fmt: skip
+    keys = ("method", "arch", "width", "small_blocks", "stem_stride", "projector", "proj_out",
+            "proj_hidden", "pred_hidden", "predictor", "target_network", "online_probe",
+            "exclude_bias_bn", "fix_pred_lr")  # fmt: skip
     diff = [
         f"--{k.replace('_', '-')} {old.get(k)!r} -> {getattr(run.cfg, k)!r}"
         for k in keys
@@ -259,6 +335,15 @@ def model_differences(run, ckpt: dict) -> list[str]:
     if n_cls != run.num_classes:
         diff.append(f"data classes {n_cls} -> {run.num_classes}")
     return diff
+
+
+def option_differences(run, ckpt: dict) -> list[str]:
+    """Every option that differs between `ckpt`'s run and `run` (but the run's own bookkeeping):
+    the flags to look at when a state does not fit and `model_differences` knows no reason."""
+    old, new = ckpt.get("config", {}), dataclasses.asdict(run.cfg)
+    own = ("output_dir", "resume", "max_steps", "log_every", "checkpoint_every", "device")
+    return [f"--{k.replace('_', '-')} {old[k]!r} -> {v!r}" for k, v in new.items()
+            if k in old and k not in own and old[k] != v]  # fmt: skip
 
 
 def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
@@ -282,7 +367,8 @@ def restore(run, ckpt: dict, path: str | os.PathLike) -> None:
         run.objective.load_state_dict(objective_state)
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        what = ", ".join(model_differences(run, ckpt)) or str(err).splitlines()[0]
+        what = ", ".join(model_differences(run, ckpt) or option_differences(run, ckpt)) or (
+            str(err).splitlines()[0])  # fmt: skip
         raise UserError(
             f"checkpoint {path} was written by a different model ({what}); resume with the "
             "original options or pass a new --output-dir to start a new run"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -24,7 +26,9 @@ __all__ = [
     "MethodTraits",
     "PretrainConfig",
     "UserError",
+    "check_rank_batch",
     "config_from_dict",
+    "config_warnings",
     "config_to_dict",
     "has_target_network",
     "nan_fault_step",
@@ -533,6 +537,49 @@ def validate(cfg: PretrainConfig, defaults: PretrainConfig | None = None) -> Non
             f"--subset {cfg.subset} is not applied by --loader dali (it reads every class "
             "folder); use --loader torch, or a folder that holds only the subset"
         )
+    check_rank_batch(cfg, 1)  # the accumulation split; the trainer checks it again per rank
+    for line in config_warnings(cfg, defaults) if os.environ.get("RANK", "0") == "0" else ():
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def check_rank_batch(cfg: PretrainConfig, world: int) -> None:
+    """The global batch must split evenly over `world` ranks x accumulation steps, into per-rank
+    micro-batches of >= 2 (BatchNorm cannot train on one). `validate` checks world 1, the trainer
+    torchrun's WORLD_SIZE before the process group exists (every rank fails alike, one line)."""
+    m, split = world * cfg.accum_steps, f"world size {world} x --accum-steps {cfg.accum_steps}"
+    if cfg.batch_size % m:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is not divisible by {split}; pass a multiple of {m}"
+        )
+    if cfg.batch_size // m < 2:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} over {split} is a per-rank micro-batch of 1 "
+            f"(BatchNorm needs 2); pass --batch-size {2 * m} or more, or fewer --accum-steps"
+        )
+
+
+DATA_ONLY = {"augment": True, "image_size": True, "digit_stroke": False, "n_train": False}
+
+
+def config_warnings(cfg: PretrainConfig, defaults: PretrainConfig | None = None) -> list[str]:
+    """What a valid config does that its options do not say (the flag, what applies): a warm-up
+    not shorter than the schedule; given the preset `defaults`, an option set away from it that
+    the data does not use (`DATA_ONLY`: True, ImageFolder's; False, the digits')."""
+    lines, n = [], cfg.epochs
+    if cfg.warmup_epochs >= n and cfg.warmup_epochs > 0:
+        lines.append(
+            f"--warmup-epochs {cfg.warmup_epochs:g} is not shorter than --epochs {n}: the lr "
+            f"rises for the whole run to {n / cfg.warmup_epochs:.0%} of the peak "
+            f"{cfg.lr * cfg.batch_size / 256:g}, never decaying; pass --warmup-epochs below {n}"
+        )
+    data = "ImageFolder data; it is an option of the embedded digits" if cfg.data_dir else (
+        "the embedded digits (their views: --crop-scale-min, warp, --digit-stroke); pass "
+        "--data-dir ROOT for ImageFolder data")  # fmt: skip
+    for name, folder in DATA_ONLY.items() if defaults is not None else ():
+        value = getattr(cfg, name)
+        if value != getattr(defaults, name) and folder != bool(cfg.data_dir):
+            lines.append(f"--{_flag(name)} {value} is not used on {data}")
+    return lines
 
 
 # --------------------------------------------------------------------------- derived values

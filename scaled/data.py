@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
@@ -218,8 +218,24 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how a camera held the picture (1: upright)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """`img` turned as its EXIF orientation says, as a photo viewer shows it (a phone's portrait
+    photo stands up). Every loader applies it alike: PIL here, `DecodedFiles` (torchvision's
+    `apply_exif_orientation`) and DALI's decoder (`adjust_orientation`, its default);
+    torchvision's ImageFolder does not. An unparsable EXIF block counts as upright."""
+    try:
+        turned = img.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return img
+    return ImageOps.exif_transpose(img) if turned else img
+
+
 class ImageFiles(Dataset):
-    """`(PIL image, label)` from a file list; `load(i)` raises on an unreadable file."""
+    """`(PIL image, label)` from a file list, EXIF orientation applied (`upright`); `load(i)`
+    raises on an unreadable file."""
 
     def __init__(self, samples: list[tuple[str, int]]) -> None:
         self.samples = samples
@@ -233,7 +249,7 @@ class ImageFiles(Dataset):
         path, label = self.samples[index]
         try:
             with open(path, "rb") as fh:
-                img = Image.open(fh)
+                img = upright(Image.open(fh))
                 img = to_8bit(img).convert("RGB")  # forces decoding: a truncated file raises
         except Image.DecompressionBombError as err:
             raise ValueError(str(err).split(" could be")[0]) from None
@@ -269,7 +285,7 @@ class DecodedFiles(ImageFiles):
             return TF.pil_to_tensor(img), label
         try:
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                 mode=ImageReadMode.RGB)  # fmt: skip
+                                 mode=ImageReadMode.RGB, apply_exif_orientation=True)  # fmt: skip
         except RuntimeError as err:  # "decode_jpeg, <file.cpp>:<line>, Image is incomplete ..."
             raise ValueError(f"JPEG decoding failed: {str(err).split(', ')[-1]}") from None
         return pixels, label
@@ -543,13 +559,16 @@ class ViewsDataset(Dataset):
 
     `transforms` holds one transform per view (1 for evaluation, 2 for pretraining). A sample
     that cannot be read is replaced by the next readable index (deterministic), `skipped` is
-    1 for it, and a warning is printed once per file and process.
+    1 for it, and a warning is printed once per file and process. With `substitute` False (the
+    evaluation sets of `eval_dataset`) it is never replaced: its item is a black placeholder with
+    the label `UNREADABLE`, which evaluation drops and counts (cross-entropy ignores it).
     """
 
     def __init__(self, source, transforms: tuple[Callable, ...], seed: int = 0) -> None:
         self.source, self.transforms, self.seed = source, transforms, seed
         self.batched_transform: Callable | None = None
         self.classes: list[str] | None = None  # class names of the labels (evaluation sets)
+        self.substitute = True  # False: an unreadable sample is a placeholder labelled UNREADABLE
         self._warned: set[int] = set()
 
     def __len__(self) -> int:
@@ -567,9 +586,12 @@ class ViewsDataset(Dataset):
                     self._warned.add(j)
                     print(
                         f"warning: skipping unreadable image {self.source.name(j)} ({err}); "
-                        "a neighbouring sample is used instead",
+                        + ("a neighbouring sample is used instead" if self.substitute else
+                           "it is left out of the evaluation (counted in n_skipped)"),
                         file=sys.stderr,
-                    )
+                    )  # fmt: skip
+                if not self.substitute:
+                    return Image.new("RGB", (8, 8)), UNREADABLE, 1
         raise UserError("no readable image in the data set; check the files under --data-dir")
 
     @staticmethod
@@ -618,6 +640,9 @@ class ViewsDataset(Dataset):
             (*(view[i] for view in views), label, index, skipped)
             for i, ((_, index), (_, label, skipped)) in enumerate(zip(keys, loaded, strict=True))
         ]
+
+
+UNREADABLE = -100  # an evaluation set's unreadable image: cross_entropy's ignore_index
 
 
 class GlobalBatchSampler(Sampler):
@@ -733,6 +758,7 @@ def eval_dataset(cfg, split: str, augment: bool = False, train_classes=None) -> 
         t = linear_train_transform(cfg.image_size) if augment else eval_transform(cfg.image_size)
         ds = ViewsDataset(ImageFiles(samples), (t,), cfg.seed)
         ds.classes = list(classes)
+        ds.substitute = False  # evaluation never scores a neighbour in place of a sample
         return ds
     images, labels = embedded_digits(split, cfg.n_train, getattr(cfg, "val_digits", VAL_DIGITS))
     t = digit_transform(crop_scale_min(cfg)) if augment else digit_eval_transform()

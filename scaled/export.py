@@ -67,19 +67,44 @@ def backbone_state_dict(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous().clone() for k, v in backbone.state_dict().items()}
 
 
+def export_inputs(checkpoint: str | os.PathLike) -> dict[Path, str]:
+    """The files `export` reads ({path: what it is}), found without reading them: the checkpoint
+    file, or every checkpoint of a run folder (the newest readable one is exported)."""
+    from scaled.checkpoint import list_checkpoints
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        return {p: "a checkpoint of the run being exported" for p in list_checkpoints(checkpoint)}
+    return {checkpoint: "the checkpoint being exported"}
+
+
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
-    """Write OUT.pt (state dict) and OUT.json (how to build the module); returns the JSON."""
-    from scaled.checkpoint import checkpoint_shapes, find_checkpoint, load_backbone
-    from scaled.lifecycle import check_writable
+    """Write OUT.pt (state dict) and OUT.json (how to build the module); returns the JSON.
+
+    Both outputs are checked before the checkpoint is read: writable, and neither of them the
+    input (`check_writable`). Both are written atomically (a full disk leaves the previous
+    files intact: RunError with exit status 4).
+    """
+    from scaled.checkpoint import (
+        atomic_save,
+        atomic_write_text,
+        checkpoint_shapes,
+        find_checkpoint,
+        load_backbone,
+    )
+    from scaled.lifecycle import EXIT_WRITE, RunError, check_writable, report_stale_temporaries
 
     out = Path(out)
     if out.suffix != ".pt":
         raise UserError(f"output {out} must end in .pt; pass e.g. backbone.pt")
-    check_writable(out, "output")
+    meta = out.with_suffix(".json")
+    inputs = export_inputs(checkpoint)
+    check_writable(out, "output", inputs)
+    check_writable(meta, "output", inputs)
+    report_stale_temporaries(out.parent, {out.name, meta.name})
     path, ckpt = find_checkpoint(checkpoint)
     cfg, backbone = load_backbone(path, ckpt=ckpt)
     in_channels, _ = checkpoint_shapes(ckpt)
-    torch.save(backbone_state_dict(backbone), out)
     info = {
         "checkpoint": str(path),
         "step": int(ckpt.get("step", -1)),
@@ -92,26 +117,47 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
         "load": f"m.load_state_dict(torch.load({str(out)!r}))",
         "input": "RGB, ImageNet mean/std normalised" if in_channels == 3 else "grey digits",
     }
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    for target, write in (
+        (out, lambda: atomic_save(backbone_state_dict(backbone), out)),
+        (meta, lambda: atomic_write_text(json.dumps(info, indent=2) + "\n", meta)),
+    ):
+        existed = target.exists()
+        try:
+            write()
+        except (OSError, RuntimeError) as err:  # torch's zip writer: RuntimeError on a full disk
+            from scaled.lifecycle import write_failure
+
+            kept = f"the previous {target} is intact" if existed else f"no {target} was written"
+            raise RunError(
+                EXIT_WRITE, f"could not write {target} ({write_failure(err, str(out.parent))}); "
+                f"{kept}; free space or pass another output path",
+            ) from None  # fmt: skip
     return info
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point `minc-export`; returns the exit status."""
+    """Console entry point `minc-export`; returns the exit status (0, 2 user error, 4 a write
+    failed)."""
+    from scaled.lifecycle import RunError
+
     parser = argparse.ArgumentParser(
         prog="minc-export",
         description="Write the backbone of a pretrain.py checkpoint as a plain state dict "
         "(OUT.pt) and how to build its module (OUT.json). resnet50 loads into "
-        "torchvision.models.resnet50() with fc replaced by torch.nn.Identity().",
+        "torchvision.models.resnet50() with fc replaced by torch.nn.Identity(). "
+        "Exit status: 0 done, 2 user error, 4 a write failed (the previous files are intact).",
     )
     parser.add_argument("checkpoint", help="ckpt_*.pt file or run folder (newest checkpoint)")
-    parser.add_argument("out", help="output state dict, e.g. backbone.pt")
+    parser.add_argument("out", help="output state dict, e.g. backbone.pt (never the input)")
     args = parser.parse_args(argv)
     try:
         info = export(args.checkpoint, args.out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
     print(f"wrote {args.out} ({info['arch']}, {info['num_features']} features); load it with:")
     print("  import torch, torchvision")
     print(f"  {info['build']}")

@@ -111,7 +111,16 @@ def knn_classify(
     for i, k in enumerate(ks):
         out[f"knn{k}_top1"] = float(totals[2 * i]) / n
         out[f"knn{k}_top5"] = float(totals[2 * i + 1]) / n
+        out[f"knn{k}_k"] = min(k, len(train_x))  # the k that applies: at most the train rows
     return out
+
+
+def readable(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(features, labels, number dropped) without the rows of unreadable images: evaluation
+    sets give them the label `scaled.data.UNREADABLE` (< 0) instead of a neighbour's image."""
+    keep = y >= 0
+    dropped = int((~keep).sum())
+    return (x[keep], y[keep], dropped) if dropped else (x, y, 0)
 
 
 # --------------------------------------------------------------------------- pretraining monitor
@@ -135,6 +144,19 @@ def monitor_sets(cfg):
 MONITOR_SEED = 16
 
 
+def check_monitor_labels(cfg, num_classes: int) -> None:
+    """`--knn-every N` on unlabelled images (no class folders): one UserError naming the flag
+    (the monitor needs labelled train/ and val/ class folders), before any work."""
+    from scaled.errors import UserError
+
+    if cfg.knn_every and num_classes == 0:
+        raise UserError(
+            f"--knn-every {cfg.knn_every} needs labelled images, but {cfg.data_dir}/train has "
+            "no class folders (unlabelled images); pass --knn-every 0, or put the images in "
+            "class folders under train/ and val/"
+        )
+
+
 def knn_due(cfg, step: int, steps_per_epoch: int) -> bool:
     """Whether optimiser step `step` ends an epoch that `--knn-every N` monitors."""
     epoch, inside = divmod(step, steps_per_epoch)
@@ -143,7 +165,9 @@ def knn_due(cfg, step: int, steps_per_epoch: int) -> bool:
 
 @torch.no_grad()
 def knn_monitor(model, cfg, *, rank: int, world: int, device, amp_dtype=None) -> dict:
-    """kNN accuracies (k = 20, 200) of `model.online.backbone` on the monitor subsets.
+    """kNN accuracies (k = 20, 200; k is at most the readable train images, `knn{k}_k` in
+    `knn_classify`) of `model.online.backbone` on the monitor subsets; unreadable images are
+    left out.
 
     Every rank extracts its shard of the features (gathered, float16 on CUDA) and classifies its
     share of the val rows (`knn_classify`), so the cost is split over ranks; the backbone is put
@@ -162,5 +186,6 @@ def knn_monitor(model, cfg, *, rank: int, world: int, device, amp_dtype=None) ->
         vx, vy = extract_features(backbone, val, **kw)
     finally:
         backbone.train(was_training)
+    (tx, ty, _), (vx, vy, _) = readable(tx, ty), readable(vx, vy)
     result = knn_classify(tx, ty, vx, vy, num_classes=n_classes, rank=rank, world=world)
     return {k: v for k, v in result.items() if k.endswith("top1")}

@@ -196,13 +196,46 @@ def claim_output_dir(out: str, rank: int, world: int, group=None) -> OutputDirLo
         if lock is not None:
             lock.release()
         raise UserError(problem)
+    if lock is not None:  # the folder is ours: clear what killed writers left in it
+        report_stale_temporaries(out)
     return lock
 
 
-def check_writable(path: Path, flag: str) -> None:
-    """UserError unless the file `path` can be created or overwritten (checked before any work)."""
+def report_stale_temporaries(folder, names=None) -> None:
+    """`scaled.checkpoint.remove_stale_temporaries(folder, names)`, said on stderr when any."""
+    from scaled.checkpoint import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(folder, names)
+    if removed:
+        print(
+            f"note: removed {len(removed)} partial file(s) left by killed writers in {folder} "
+            f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})",
+            file=sys.stderr,
+        )
+
+
+def check_not_input(path: Path, flag: str, inputs: dict) -> None:
+    """UserError when the output `path` is one of the command's `inputs` ({path: what it is}):
+    the same file by resolved path or by inode (a hard link, `./x`, a relative path)."""
+    path = Path(path)
+    for given, what in inputs.items():
+        same = Path(os.path.abspath(path)).resolve() == Path(os.path.abspath(given)).resolve()
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(path, given)
+        if same:
+            raise UserError(
+                f"{flag} {path} is {what} {given}: writing it would destroy the input; pass "
+                "another output path"
+            )
+
+
+def check_writable(path: Path, flag: str, inputs: dict | None = None) -> None:
+    """UserError unless the file `path` can be created or overwritten (checked before any work)
+    and is none of the command's `inputs` ({path: what it is}, `check_not_input`)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if inputs:
+        check_not_input(path, flag, inputs)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; pass a file path such as {path}/result.json")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
@@ -212,6 +245,25 @@ def check_writable(path: Path, flag: str) -> None:
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path} is not writable; pass another path")
+
+
+def check_folder_writable(folder: Path, flag: str) -> None:
+    """UserError unless the folder `folder` exists and is writable, or can be created (its
+    nearest existing ancestor is a writable folder); nothing is created."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(
+            f"{flag} {folder} cannot be used (Not a directory): {probe} is a file; pass a "
+            "folder path"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {folder} cannot be used (folder {probe} is not writable); pass a folder "
+            "you can write"
+        )
 
 
 def write_failure(err: Exception, folder: str) -> str:

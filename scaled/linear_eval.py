@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 
 from scaled.checkpoint import (
     atomic_save,
+    atomic_write_text,
     checkpoint_shapes,
     find_checkpoint,
     load_backbone,
@@ -54,7 +55,7 @@ from scaled.checkpoint import (
     resolve_checkpoint,  # noqa: F401  (re-exported for the tools)
 )
 from scaled.config import PretrainConfig
-from scaled.data import eval_dataset, eval_in_channels
+from scaled.data import UNREADABLE, eval_dataset, eval_in_channels
 from scaled.distributed import cleanup, init_distributed
 from scaled.errors import UserError
 from scaled.features import (
@@ -62,8 +63,14 @@ from scaled.features import (
     loader_workers,
     local_world_size,
 )
-from scaled.knn import knn_classify
-from scaled.lifecycle import check_writable
+from scaled.knn import KS, knn_classify, readable
+from scaled.lifecycle import (
+    EXIT_WRITE,
+    check_folder_writable,
+    check_writable,
+    report_stale_temporaries,
+    write_failure,
+)
 from scaled.optim import LARS
 
 # SimSiam main_lincls.py defaults (see the module docstring).
@@ -237,8 +244,9 @@ def head_step(backbone, head, opt, x, y, global_batch: int, ctx: dict) -> torch.
     return loss.detach()
 
 
-def train_epoch(backbone, head, opt, train_set, epoch: int, ctx: dict) -> float:
-    """One epoch of the full protocol; returns the summed per-step loss of this rank's shares."""
+def train_epoch(backbone, head, opt, train_set, epoch: int, ctx: dict) -> tuple[float, int]:
+    """One epoch of the full protocol: (mean per-step loss, unreadable images left out, over
+    all ranks). An unreadable image's label is `UNREADABLE`, which the cross-entropy ignores."""
     args = ctx["args"]
     shares = global_batch_shares(
         len(train_set), ctx["batch"], epoch, ctx["seed"], ctx["rank"], ctx["world"]
@@ -251,30 +259,28 @@ def train_epoch(backbone, head, opt, train_set, epoch: int, ctx: dict) -> float:
     )
     batches = iter(loader)
     bar = ctx["progress"](len(shares), f"epoch {epoch + 1}/{ctx['epochs']}")
-    total = torch.zeros((), device=ctx["device"])
+    total = torch.zeros(2, device=ctx["device"])  # summed loss, unreadable images
     for items, global_batch in shares:
         x, y = next(batches)[:2] if items else (None, None)
-        total += head_step(backbone, head, opt, x, y, global_batch, ctx)
+        total[0] += head_step(backbone, head, opt, x, y, global_batch, ctx)
+        total[1] += 0 if y is None else int((y == UNREADABLE).sum())
         bar.update(1)
     bar.close()
     if ctx["world"] > 1:
         dist.all_reduce(total)
-    return float(total) / max(len(shares), 1)
+    return float(total[0]) / max(len(shares), 1), int(total[1])
 
 
 @torch.no_grad()
 def evaluate_head(backbone, head, val_set, ctx: dict) -> tuple[torch.Tensor, ...]:
-    """(logits, features, labels) of the whole validation set, gathered on every rank."""
-    feats, labels = extract_features(
-        backbone, val_set, batch_size=ctx["batch_eval"], device=ctx["device"],
-        num_workers=ctx["args"].num_workers, rank=ctx["rank"], world=ctx["world"],
-        amp_dtype=ctx["amp_dtype"], dtype=ctx["feature_dtype"],
-    )  # fmt: skip
+    """(logits, features, labels) of the readable validation images, gathered on every rank."""
+    feats, labels = ctx_features(backbone, val_set, ctx, "val")
     return head(feats.float()), feats, labels
 
 
 def lincls_state(head, opt, epoch: int, classes: list[str], ctx: dict) -> dict:
-    """The linear-eval checkpoint: head and optimiser, epochs done, the class list, the setup."""
+    """The linear-eval checkpoint: head and optimiser, epochs done, the class list, the setup,
+    the unreadable train images left out."""
     return {
         "kind": "linear_eval",
         "head": head.state_dict(),
@@ -282,7 +288,26 @@ def lincls_state(head, opt, epoch: int, classes: list[str], ctx: dict) -> dict:
         "epoch": epoch,
         "classes": classes,
         "setup": ctx["setup"],
+        "skipped_train": ctx["skipped"]["train"],
     }
+
+
+def same_setup(old: dict | None, new: dict) -> bool:
+    """Whether a head checkpoint's setup is `new`: the checkpoint (and data folder) compared as
+    files, so another path to the same checkpoint (relative, absolute, a link) is the same."""
+    if not isinstance(old, dict) or set(old) != set(new):
+        return False
+    for key in new:
+        a, b = old[key], new[key]
+        if key in ("checkpoint", "data") and a != b and a != "digits" and b != "digits":
+            try:
+                if not os.path.samefile(a, b):
+                    return False
+            except OSError:
+                return False
+        elif a != b:
+            return False
+    return True
 
 
 def resume_head(head, opt, ctx: dict) -> int:
@@ -296,23 +321,36 @@ def resume_head(head, opt, ctx: dict) -> int:
             "--output-dir"
         )
     state = load_checkpoint(path)
-    if state.get("setup") != ctx["setup"]:
+    if not same_setup(state.get("setup"), ctx["setup"]):
         raise UserError(
             f"{path} was written with other settings ({state.get('setup')}); resume with the "
             "same options or pass a new --output-dir"
         )
     head.load_state_dict(state["head"])
     opt.load_state_dict(state["optimizer"])
+    ctx["skipped"]["train"] = int(state.get("skipped_train", 0))
     if ctx["rank"] == 0:
         print(f"resuming linear eval from {path} after epoch {state['epoch']}", file=sys.stderr)
     return int(state["epoch"])
 
 
+def labelled_sets(cfg: PretrainConfig, augment: bool) -> tuple:
+    """(train set, val set, class list) of the evaluation; UserError for fewer than 2 classes
+    (a probe over one class scores 100% whatever the features)."""
+    train_set = eval_dataset(cfg, "train", augment=augment)
+    classes = train_set.classes
+    if len(classes) < 2:
+        where = f"{cfg.data_dir}/train" if cfg.data_dir else "the data"
+        raise UserError(
+            f"{where} has {len(classes)} class folder(s) ({', '.join(classes)}); a linear probe "
+            "needs at least 2 classes: add class folders under train/ and val/"
+        )
+    return train_set, eval_dataset(cfg, val_split(cfg), train_classes=classes), classes
+
+
 def full_linear_eval(backbone: nn.Module, cfg: PretrainConfig, ctx: dict) -> dict:
     """The standard protocol (module docstring); returns top-1/top-5 and the kNN accuracies."""
-    train_set = eval_dataset(cfg, "train", augment=True)
-    classes = train_set.classes
-    val_set = eval_dataset(cfg, val_split(cfg), train_classes=classes)
+    train_set, val_set, classes = labelled_sets(cfg, augment=True)
     warn_small_split(len(train_set), ctx)
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -325,7 +363,7 @@ def full_linear_eval(backbone: nn.Module, cfg: PretrainConfig, ctx: dict) -> dic
     for epoch in range(start, ctx["epochs"]):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(base_lr, epoch, ctx["epochs"])
-        loss = train_epoch(backbone, head, opt, train_set, epoch, ctx)
+        loss, ctx["skipped"]["train"] = train_epoch(backbone, head, opt, train_set, epoch, ctx)
         if ctx["rank"] == 0:
             print(f"linear eval epoch {epoch + 1}/{ctx['epochs']} loss {loss:.4f}", file=sys.stderr)
             ctx["lincls_path"].parent.mkdir(parents=True, exist_ok=True)
@@ -333,37 +371,52 @@ def full_linear_eval(backbone: nn.Module, cfg: PretrainConfig, ctx: dict) -> dic
     logits, val_x, val_y = evaluate_head(backbone, head, val_set, ctx)
     result = {"top1": topk_accuracy(logits, val_y, 1), "top5": topk_accuracy(logits, val_y, 5)}
     if not ctx["args"].no_knn:
-        train_x, train_y = ctx_features(backbone, eval_dataset(cfg, "train"), ctx)
+        train_x, train_y = ctx_features(backbone, eval_dataset(cfg, "train"), ctx, "train")
         knn = knn_classify(
             train_x, train_y, val_x, val_y, num_classes=len(classes),
             rank=ctx["rank"], world=ctx["world"],
         )  # fmt: skip
         result.update(knn_top1=knn["knn20_top1"], **knn)
-    return {**result, "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}
+    n_train = len(train_set) - ctx["skipped"]["train"]
+    return {**result, "classes": classes, "n_train": n_train, "n_val": len(val_y)}
 
 
 def fast_linear_eval(backbone: nn.Module, cfg: PretrainConfig, ctx: dict) -> dict:
     """Features once (sharded, gathered), then the fast probe and the kNN on them."""
-    train_set = eval_dataset(cfg, "train")
-    classes = train_set.classes
-    val_set = eval_dataset(cfg, val_split(cfg), train_classes=classes)
+    train_set, val_set, classes = labelled_sets(cfg, augment=False)
     warn_small_split(len(train_set), ctx)
-    train_x, train_y = ctx_features(backbone, train_set, ctx)
-    val_x, val_y = ctx_features(backbone, val_set, ctx)
+    train_x, train_y = ctx_features(backbone, train_set, ctx, "train")
+    val_x, val_y = ctx_features(backbone, val_set, ctx, "val")
     result = evaluate_features(
         train_x, train_y, val_x, val_y, epochs=ctx["epochs"], seed=ctx["seed"],
         batch_size=ctx["batch"], num_classes=len(classes), rank=ctx["rank"], world=ctx["world"],
     )  # fmt: skip
-    return {**result, "classes": classes, "n_train": len(train_set), "n_val": len(val_set)}
+    return {**result, "classes": classes, "n_train": len(train_y), "n_val": len(val_y)}
 
 
-def ctx_features(backbone, dataset, ctx: dict):
-    """`extract_features` with the run's device, shards, autocast and gather dtype."""
-    return extract_features(
+def ctx_features(backbone, dataset, ctx: dict, split: str):
+    """`extract_features` with the run's device, shards, autocast and gather dtype, without the
+    unreadable images (counted in `ctx["skipped"][split]`: evaluation never substitutes)."""
+    x, y = extract_features(
         backbone, dataset, batch_size=ctx["batch_eval"], device=ctx["device"],
         num_workers=ctx["args"].num_workers, rank=ctx["rank"], world=ctx["world"],
         amp_dtype=ctx["amp_dtype"], dtype=ctx["feature_dtype"],
     )  # fmt: skip
+    x, y, dropped = readable(x, y)
+    ctx["skipped"][split] = dropped
+    return x, y
+
+
+def warn_knn_k(result: dict, ctx: dict) -> None:
+    """Say when "knn200" (or any k) is really k = the readable train images."""
+    for k in KS:
+        used = result.get(f"knn{k}_k")
+        if used is not None and used < k and ctx["rank"] == 0:
+            print(
+                f"warning: knn{k} uses k = {used} (all {used} readable train images), not {k}; "
+                f"its result is knn{k}_k = {used} in the JSON",
+                file=sys.stderr,
+            )
 
 
 def val_split(cfg: PretrainConfig) -> str:
@@ -447,7 +500,7 @@ def make_context(args, cfg: PretrainConfig, path: Path, rank: int, world: int, d
     batch = args.batch_size or (FULL_BATCH if mode == "full" else FAST_BATCH)
     if args.num_workers is None:  # the CPUs of this process over the ranks of this node
         args.num_workers = loader_workers(device, local_world_size())
-    out_dir = Path(args.output_dir) if args.output_dir else path.with_suffix(".linear_eval")
+    out_dir = lincls_dir(args, path)
     amp_dtype = torch.bfloat16 if cuda else None
 
     def progress(total: int, desc: str):
@@ -462,11 +515,34 @@ def make_context(args, cfg: PretrainConfig, path: Path, rank: int, world: int, d
         "amp_dtype": amp_dtype, "feature_dtype": torch.float16 if cuda else torch.float32,
         "autocast": lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=cuda),
         "lincls_path": out_dir / "lincls_last.pt", "progress": progress,
+        "skipped": {"train": 0, "val": 0},  # unreadable images left out (never substituted)
         "setup": {
-            "checkpoint": str(path), "epochs": args.epochs or cfg.eval_epochs, "batch": batch,
-            "lr": args.lr, "optimizer": args.optimizer, "data": cfg.data_dir or "digits",
+            "checkpoint": str(path.resolve()), "epochs": args.epochs or cfg.eval_epochs,
+            "batch": batch, "lr": args.lr, "optimizer": args.optimizer,
+            "data": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "digits",
         },
     }  # fmt: skip
+
+
+def lincls_dir(args: argparse.Namespace, path: Path) -> Path:
+    """The folder of the full mode's head checkpoint (`--output-dir`, default beside `path`)."""
+    return Path(args.output_dir) if args.output_dir else path.with_suffix(".linear_eval")
+
+
+def check_outputs(args, cfg: PretrainConfig, path: Path, out: Path) -> None:
+    """Every file the evaluation will write, checked before any work: writable, and never the
+    checkpoint it reads (`check_writable`); the full mode's checkpoint folder too, whose debris
+    of a killed writer is removed."""
+    inputs = {path: "the --checkpoint"}
+    check_writable(out, "--output", inputs)
+    if (args.mode or cfg.eval_mode) != "full":
+        return
+    folder = lincls_dir(args, path)
+    check_folder_writable(folder, "--output-dir")
+    if folder.is_dir():
+        check_writable(folder / "lincls_last.pt", "--output-dir", inputs)
+        if os.environ.get("RANK", "0") == "0":
+            report_stale_temporaries(folder)
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict, Path, int]:
@@ -479,10 +555,10 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, Path, int]:
     path, ckpt = find_checkpoint(args.checkpoint)
     suffix = ".random_init.linear_eval.json" if args.random_init else ".linear_eval.json"
     out = Path(args.output) if args.output else path.with_suffix(suffix)
-    check_writable(out, "--output")
     cfg, backbone = load_backbone(path, random_init=args.random_init, ckpt=ckpt)
     if args.data_dir is not None:
         cfg = replace(cfg, data_dir=args.data_dir)
+    check_outputs(args, cfg, path, out)
     check_channels(path, ckpt, cfg)
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world, _, device = init_distributed(device_type)
@@ -490,6 +566,10 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, Path, int]:
     t0 = time.perf_counter()
     run = full_linear_eval if ctx["mode"] == "full" else fast_linear_eval
     result = run(backbone, cfg, ctx)
+    warn_knn_k(result, ctx)
+    skipped = ctx["skipped"]
+    result.update(n_skipped=skipped["train"] + skipped["val"], n_skipped_train=skipped["train"],
+                  n_skipped_val=skipped["val"])  # fmt: skip
     pretrain = ckpt.get("config", {})
     result.update(
         checkpoint=str(path), mode=ctx["mode"], epochs=ctx["epochs"], batch_size=ctx["batch"],
@@ -516,7 +596,13 @@ def main(argv: list[str] | None = None, publish=None) -> int:
         cleanup()
         return 2
     if rank == 0:
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            atomic_write_text(json.dumps(result, indent=2) + "\n", out)
+        except OSError as err:
+            print(f"error: could not write --output {out} ({write_failure(err, str(out.parent))}); "
+                  "free space and run again", file=sys.stderr)  # fmt: skip
+            cleanup()
+            return EXIT_WRITE
         print(json.dumps({k: v for k, v in result.items() if k != "classes"}))
         if publish is not None:
             publish(result)

@@ -299,3 +299,34 @@ PRESETS: dict[str, Callable[[], PretrainConfig]] = {
         demo,
     )
 }
+
+# The presets that describe ImageFolder runs (ImageNet): without --data-dir they would train a
+# ResNet-50 on the embedded 28 px digits, so the trainer refuses them (`check_preset_data`).
+DATA_PRESETS = frozenset(name for name in PRESETS if name.startswith("imagenet"))
+DEFAULT_PRESET = "imagenet_r50_minc"  # the preset of a command line without --preset
+
+
+def preset_name(argv: list[str]) -> str:
+    """The `--preset NAME` (or `--preset=NAME`) of a pretrain.py command line."""
+    name = DEFAULT_PRESET
+    for i, word in enumerate(argv):
+        if word == "--preset" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif word.startswith("--preset="):
+            name = word.partition("=")[2]
+    return name
+
+
+def check_preset_data(argv: list[str] | None, cfg: PretrainConfig) -> None:
+    """UserError when an ImageNet preset is to train without --data-dir (one line, the flag)."""
+    import sys
+
+    from scaled.errors import UserError
+
+    name = preset_name(list(sys.argv[1:] if argv is None else argv))
+    if name in DATA_PRESETS and not cfg.data_dir:
+        raise UserError(
+            f"--preset {name} trains on ImageNet but no --data-dir is given (it would train on "
+            "the embedded 28 px digits); pass --data-dir /path/to/imagenet, or --preset demo "
+            "for the digits"
+        )

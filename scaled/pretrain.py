@@ -40,6 +40,7 @@ from scaled.augment import device_stage
 from scaled.checkpoint import atomic_save, checkpoint_path, prune_checkpoints, training_state
 from scaled.config import (
     PretrainConfig,
+    check_rank_batch,
     config_to_dict,
     nan_fault_step,
     resolved_amp,
@@ -57,7 +58,7 @@ from scaled.distributed import cleanup, init_distributed
 from scaled.errors import UserError
 from scaled.faults import with_nan_fault
 from scaled.health import CollapseMonitor, representation_health
-from scaled.knn import knn_due, knn_monitor, monitor_sets
+from scaled.knn import check_monitor_labels, knn_due, knn_monitor, monitor_sets
 from scaled.lifecycle import (
     EXIT_INTERRUPTED,
     EXIT_NONFINITE,
@@ -65,6 +66,7 @@ from scaled.lifecycle import (
     EXIT_WRITE,
     RunError,
     StopSignals,
+    check_folder_writable,
     claim_output_dir,
     exit_code,
     ignore_stop_signals,
@@ -74,6 +76,7 @@ from scaled.model import SSLModel, target_tau
 from scaled.objective import build_objective, ssl_loss, target_features
 from scaled.optim import build_optimizer, build_scheduler
 from scaled.options import config_json, parse_config, print_config_requested
+from scaled.presets import check_preset_data
 from scaled.resume import resume, world_size_change  # noqa: F401  (world_size_change: tests)
 
 __all__ = ["RunError", "RunState", "build_run_state", "main", "train", "train_step"]
@@ -377,13 +380,9 @@ def resolve_device(cfg: PretrainConfig) -> str:
 
 
 def check_batch_divisible(cfg: PretrainConfig, world: int) -> None:
-    """The global batch must split evenly over ranks and accumulation steps."""
-    if cfg.batch_size % (world * cfg.accum_steps):
-        m = world * cfg.accum_steps
-        raise UserError(
-            f"--batch-size {cfg.batch_size} is not divisible by world size {world} x "
-            f"--accum-steps {cfg.accum_steps}; pass a multiple of {m}"
-        )
+    """The global batch must split evenly over ranks and accumulation steps, into per-rank
+    micro-batches of >= 2 (BatchNorm): `scaled.config.check_rank_batch`."""
+    check_rank_batch(cfg, world)
 
 
 def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, local_rank: int):
@@ -445,6 +444,7 @@ def set_up(cfg: PretrainConfig) -> tuple[RunState, object, GlobalBatchSampler, i
     # Checked before the process group exists, so every rank fails alike with one line instead
     # of a peer crashing inside init_process_group after rank 0 has left.
     check_batch_divisible(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    check_folder_writable(cfg.output_dir, "--output-dir")  # before the data scan, not after
     rank, world, local_rank, device = init_distributed(device_type)
     micro = cfg.batch_size // (world * cfg.accum_steps)
     if device.type == "cuda":
@@ -453,6 +453,7 @@ def set_up(cfg: PretrainConfig) -> tuple[RunState, object, GlobalBatchSampler, i
 
     loader_kind = resolved_loader(cfg, device.type)
     dataset, in_channels, num_classes = pretrain_dataset(cfg, two_stage=loader_kind == "device")
+    check_monitor_labels(cfg, num_classes)  # --knn-every needs class folders: one line
     if num_classes == 0 and rank == 0:
         print(
             f"note: {Path(cfg.data_dir) / 'train'} has no class folders: pretraining on "
@@ -564,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         if print_config_requested(argv):
             print(config_json(cfg), flush=True)
             return 0
+        check_preset_data(argv, cfg)  # an imagenet_* preset never trains on the digits
         code = train(cfg)
     except UserError as err:  # from a data-loader worker too: its message without its traceback
         if int(os.environ.get("RANK", "0")) == 0:
