@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from scaled.augment import device_stage
 from scaled.checkpoint import atomic_save, checkpoint_path, prune_checkpoints, training_state
+from scaled.compile_plan import check_compile_plan, compile_online
 from scaled.config import (
     PretrainConfig,
     check_rank_batch,
@@ -193,8 +194,7 @@ def build_run_state(
         online = DistributedDataParallel(
             model.online, device_ids=[local_rank] if cuda else None, gradient_as_bucket_view=True
         )
-    if cfg.compile:
-        online = torch.compile(online)
+    online = compile_online(online, cfg, world=world, device_type=device.type)  # or UserError
     zero = torch.zeros((), device=device)
     return RunState(
         cfg=cfg,
@@ -444,6 +444,7 @@ def set_up(cfg: PretrainConfig) -> tuple[RunState, object, GlobalBatchSampler, i
     # Checked before the process group exists, so every rank fails alike with one line instead
     # of a peer crashing inside init_process_group after rank 0 has left.
     check_batch_divisible(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    check_compile_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")), device_type)
     check_folder_writable(cfg.output_dir, "--output-dir")  # before the data scan, not after
     rank, world, local_rank, device = init_distributed(device_type)
     micro = cfg.batch_size // (world * cfg.accum_steps)
