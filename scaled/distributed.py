@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from scaled.errors import UserError
+
 __all__ = [
     "STOP_AGREE_EVERY",
     "agree_every",
@@ -98,8 +100,6 @@ def check_elastic_launch() -> None:
     nodes = int(env.get("GROUP_WORLD_SIZE", "1") or 1)
     restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
     if shared and nodes > 1 and restarts > 0:
-        from scaled.config import UserError  # here: scaled.config imports this module
-
         raise UserError(
             f"torchrun --max-restarts={restarts} on {nodes} nodes with the agents' shared store "
             "would restart workers that hang in gloo's connectFullMesh; export "
