@@ -210,7 +210,7 @@ def _linear_jitter(x: torch.Tensor, a, b, c) -> torch.Tensor:
     g = grayscale(x)
     mean = g.mean(dim=(-3, -2, -1), keepdim=True)
     shift = _per_sample(b) * g + _per_sample(c) * mean
-    return torch.addcmul(shift, _per_sample(a), x).clamp_(0.0, 1.0)
+    return torch.addcmul(shift, _per_sample(a), x).clamp(0.0, 1.0)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -252,15 +252,16 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     up to 0.03, several levels); the result in `x`'s dtype.
     """
     dtype, x = x.dtype, x.float()
-    M = x.amax(dim=1, keepdim=True)
-    C = M - x.amin(dim=1, keepdim=True)
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    inv = torch.where(C == 0, torch.ones_like(C), C).reciprocal_()  # grey pixels: h = 0
+    M = torch.maximum(torch.maximum(r, g), b)  # pointwise, not a reduction: fuses when compiled
+    C = M - torch.minimum(torch.minimum(r, g), b)
+    inv = torch.where(C == 0, torch.ones_like(C), C).reciprocal()  # grey pixels: h = 0
     h6 = torch.where(M == r, (g - b) * inv, torch.where(M == g, (b - r) * inv + 2.0,
                                                         (r - g) * inv + 4.0))  # fmt: skip
     h6 = h6 + 6.0 * _per_sample(factor)
-    t = torch.remainder(torch.cat([h6 + 5.0, h6 + 3.0, h6 + 1.0], dim=1), 6.0)
-    return (M - C * torch.minimum(t, 4.0 - t).clamp_(0.0, 1.0)).to(dtype)
+    sector = 5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    t = torch.remainder(h6 + sector, 6.0)  # a factory op, no host data: fuses when compiled
+    return (M - C * torch.minimum(t, 4.0 - t).clamp(0.0, 1.0)).to(dtype)
 
 
 COLOUR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)  # ColorJitter
@@ -350,11 +351,11 @@ def color_jitter(
     a, b, c, hue, is_hue = (v.to(x.dtype) if v.is_floating_point() else v
                             for v in jitter_coefficients(apply, order, factors))  # fmt: skip
     plan = {} if plan is None else plan
-    for pos in range(4):
-        x = _linear_jitter(x, a[pos], b[pos], c[pos])
+    for pos in range(4):  # hue first: the blend's mean then reads one fused pass (compiled)
         x = where_drawn(
             x, plan, f"hue{pos}", is_hue[pos], lambda s, i, f=hue[pos]: adjust_hue(s, _pick(f, i))
         )
+        x = _linear_jitter(x, a[pos], b[pos], c[pos])
     return x
 
 
@@ -396,7 +397,7 @@ STAGE_COMPILE = {"cuda": True, "cpu": False}
 def _colour(pixels, apply, order, factors, gray, dtype: torch.dtype) -> torch.Tensor:
     """uint8 views -> jittered, grayscaled views in `dtype`: the region before the blur, every
     op a select (static shapes for `torch.compile`)."""
-    x = color_jitter(pixels.to(dtype).div_(255.0), apply, order, factors)
+    x = color_jitter(pixels.to(dtype) / 255.0, apply, order, factors)
     return torch.where(_per_sample(gray), grayscale(x).expand_as(x), x)
 
 

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device-batch", type=_positive_int, default=64, help="device stage batch (per view)"
     )
+    p.add_argument(
+        "--plan-batch", type=_positive_int, default=64, help="DataLoader batch of the plan's cost"
+    )
 
     p = sub.add_parser("profile", parents=[common], help="torch.profiler of one MINC step")
     p.add_argument("--top", type=_positive_int, default=15, help="rows of the operator table")
