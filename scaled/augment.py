@@ -350,12 +350,16 @@ def color_jitter(
     """
     a, b, c, hue, is_hue = (v.to(x.dtype) if v.is_floating_point() else v
                             for v in jitter_coefficients(apply, order, factors))  # fmt: skip
-    plan = {} if plan is None else plan
-    for pos in range(4):  # hue first: the blend's mean then reads one fused pass (compiled)
+    if plan is None or "plan_counts" not in plan:  # selects: one fused pass per position
+        for pos in range(4):
+            blended = _linear_jitter(x, a[pos], b[pos], c[pos])
+            x = torch.where(_per_sample(is_hue[pos]), adjust_hue(x, hue[pos]), blended)
+        return x
+    for pos in range(4):  # the blend is the identity for the samples that draw hue there
+        x = _linear_jitter(x, a[pos], b[pos], c[pos])
         x = where_drawn(
             x, plan, f"hue{pos}", is_hue[pos], lambda s, i, f=hue[pos]: adjust_hue(s, _pick(f, i))
         )
-        x = _linear_jitter(x, a[pos], b[pos], c[pos])
     return x
 
 
@@ -394,15 +398,16 @@ STAGE_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 STAGE_COMPILE = {"cuda": True, "cpu": False}
 
 
-def _colour(pixels, apply, order, factors, gray, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 views -> jittered, grayscaled views in `dtype`: the region before the blur, every
-    op a select (static shapes for `torch.compile`)."""
-    x = color_jitter(pixels.to(dtype) / 255.0, apply, order, factors)
-    return torch.where(_per_sample(gray), grayscale(x).expand_as(x), x)
+def _colour(pixels, apply, order, factors, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 views -> jittered views in `dtype`: the region before the blur, every op a select
+    (static shapes for `torch.compile`)."""
+    return color_jitter(pixels.to(dtype) / 255.0, apply, order, factors)
 
 
-def _finish(x, solar, scale, shift, memory_format: torch.memory_format) -> torch.Tensor:
-    """Solarize where drawn (a select), normalise to float32 in the network's memory format."""
+def _finish(x, gray, solar, scale, shift, memory_format: torch.memory_format) -> torch.Tensor:
+    """Grayscale and solarize where drawn (selects), normalise to float32 in the network's
+    memory format: the region after the blur."""
+    x = torch.where(_per_sample(gray), grayscale(x).expand_as(x), x)
     x = torch.where(_per_sample(solar), solarize(x), x)
     return torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
 
@@ -432,11 +437,14 @@ def augment_batch(
     """uint8 views (B, 3, H, W), any memory format, + their per-sample parameters (named as
     `colour_fields`, or the packed `colour` vectors) -> normalised float32 views.
 
-    Colour jitter (each sample's four ops once each, in its drawn order), grayscale, the blur,
-    solarize, normalisation; in `dtype` (default `STAGE_DTYPE` of the device). Eager, every
-    drawn op runs on the samples that drew it (with the `batch_plan` the CPU stage's batches
-    carry); compiled (`compile`, default `STAGE_COMPILE`), the pointwise ops are selects fused
-    into a few kernels and the blur (a convolution, outside them) runs where drawn. No host sync.
+    Colour jitter (each sample's four ops once each, in its drawn order), the blur, grayscale,
+    solarize, normalisation, in `dtype` (default `STAGE_DTYPE` of the device). Grayscale comes
+    after the blur, fused with solarize: both are linear, one over the channels and one over
+    the pixels, so they commute exactly up to round-off (torchvision: grayscale, then blur).
+    Eager, every drawn op runs on the samples that drew it (with the `batch_plan` the CPU
+    stage's batches carry); compiled (`compile`, default `STAGE_COMPILE`), the pointwise ops
+    are selects fused into a few kernels and the blur (a convolution, outside them) runs where
+    drawn. No host sync.
     `on_phase(name)` is called as the eager stage enters "colour", "blur" and "finish" (the byte
     count of `bench loader` labels the ops with it).
     """
@@ -447,15 +455,16 @@ def augment_batch(
     dtype = STAGE_DTYPE.get(kind, torch.float32) if dtype is None else dtype
     consts = _constants(pixels.device, torch.float32)
     if STAGE_COMPILE.get(kind, False) if compile is None else compile:
-        x = _compiled(_colour)(pixels, p["jitter"], p["order"], p["factors"], p["gray"], dtype)
+        x = _compiled(_colour)(pixels, p["jitter"], p["order"], p["factors"], dtype)
         x = blur_where_drawn(x, p)
-        return _compiled(_finish)(x, p["solarize"], consts["scale"], consts["shift"], memory_format)
+        args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
+        return _compiled(_finish)(x, *args)
     phase("colour")
     x = color_jitter(pixels.to(dtype).div_(255.0), p["jitter"], p["order"], p["factors"], p)
-    x = where_drawn(x, p, "gray", p["gray"], lambda s, i: grayscale(s).expand_as(s).contiguous())
     phase("blur")
     x = blur_where_drawn(x, p)
     phase("finish")
+    x = where_drawn(x, p, "gray", p["gray"], lambda s, i: grayscale(s).expand_as(s).contiguous())
     x = where_drawn(x, p, "solarize", p["solarize"], lambda s, i: solarize(s))
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
     return torch.addcmul(consts["shift"], x, consts["scale"], out=out)
