@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -102,8 +103,15 @@ RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's 
 N_UNIFORMS = 36  # the uniforms one view draws (`draw_view`)
 # The colour parameters of one view as one float vector (`draw_view`, `colour_fields`):
 COLOUR_FIELDS = ("jitter", "order", "factors", "gray", "blur", "sigma", "solarize")
-_FIELD_SLICES = {"jitter": 0, "order": slice(1, 5), "factors": slice(5, 9), "gray": 9,
-                 "blur": 10, "sigma": 11, "solarize": 12}  # fmt: skip
+_FIELD_SLICES = {
+    "jitter": 0,
+    "order": slice(1, 5),
+    "factors": slice(5, 9),
+    "gray": 9,
+    "blur": 10,
+    "sigma": 11,
+    "solarize": 12,
+}
 COLOUR_WIDTH = 13
 
 
@@ -256,8 +264,9 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     M = torch.maximum(torch.maximum(r, g), b)  # pointwise, not a reduction: fuses when compiled
     C = M - torch.minimum(torch.minimum(r, g), b)
     inv = torch.where(C == 0, torch.ones_like(C), C).reciprocal()  # grey pixels: h = 0
-    h6 = torch.where(M == r, (g - b) * inv, torch.where(M == g, (b - r) * inv + 2.0,
-                                                        (r - g) * inv + 4.0))  # fmt: skip
+    h6 = torch.where(
+        M == r, (g - b) * inv, torch.where(M == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0)
+    )
     h6 = h6 + 6.0 * _per_sample(factor)
     sector = 5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     t = torch.remainder(h6 + sector, 6.0)  # a factory op, no host data: fuses when compiled
@@ -348,8 +357,10 @@ def color_jitter(
     `batch_plan` in `plan`: on those only, each sample's hue once; without: a select). No host
     sync on the device. Compiled (`torch.compile`), each position is one fused pass.
     """
-    a, b, c, hue, is_hue = (v.to(x.dtype) if v.is_floating_point() else v
-                            for v in jitter_coefficients(apply, order, factors))  # fmt: skip
+    a, b, c, hue, is_hue = (
+        v.to(x.dtype) if v.is_floating_point() else v
+        for v in jitter_coefficients(apply, order, factors)
+    )
     if plan is None or "plan_counts" not in plan:  # selects: one fused pass per position
         for pos in range(4):
             blended = _linear_jitter(x, a[pos], b[pos], c[pos])
@@ -455,10 +466,21 @@ def augment_batch(
     dtype = STAGE_DTYPE.get(kind, torch.float32) if dtype is None else dtype
     consts = _constants(pixels.device, torch.float32)
     if STAGE_COMPILE.get(kind, False) if compile is None else compile:
-        x = _compiled(_colour)(pixels, p["jitter"], p["order"], p["factors"], dtype)
-        x = blur_where_drawn(x, p)
-        args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
-        return _compiled(_finish)(x, *args)
+        try:
+            x = _compiled(_colour)(pixels, p["jitter"], p["order"], p["factors"], dtype)
+            x = blur_where_drawn(x, p)
+            args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
+            return _compiled(_finish)(x, *args)
+        except Exception as err:  # noqa: BLE001  a compiler failure: eager from now on
+            if compile:
+                raise
+            STAGE_COMPILE[kind] = False
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            print(
+                f"warning: the device stage does not compile on {kind} ({first}); it runs "
+                "eager from now on (slower, same views)",
+                file=sys.stderr,
+            )
     phase("colour")
     x = color_jitter(pixels.to(dtype).div_(255.0), p["jitter"], p["order"], p["factors"], p)
     phase("blur")

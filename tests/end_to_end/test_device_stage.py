@@ -179,3 +179,26 @@ def test_compiled_stage_equals_eager(batches):
     eager = A.augment_batch(pixels, params, compile=False)
     compiled = A.augment_batch(pixels, params, compile=True)
     torch.testing.assert_close(compiled, eager, **tol("float32"))
+
+
+def test_a_compiler_failure_falls_back_to_eager_once(batches, monkeypatch, capsys):
+    """Where compiling is the default and the compiler fails (a node without a working
+    compiler), the stage warns in one line and runs eager from then on: the same views."""
+
+    def broken(fn):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no compiler here\nsecond line")
+
+        return fail
+
+    monkeypatch.setattr(A, "_compiled", broken)
+    monkeypatch.setitem(A.STAGE_COMPILE, "cpu", True)
+    batch = batches[0]
+    got = A.device_stage(batch, CPU, FMT)
+    assert A.STAGE_COMPILE["cpu"] is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no compiler here" in err[0] and "eager" in err[0]
+    monkeypatch.setitem(A.STAGE_COMPILE, "cpu", False)
+    torch.testing.assert_close(got, A.device_stage(batch, CPU, FMT), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="no compiler"):  # compile=True asked for: no fallback
+        A.augment_batch(batch["pixels"].permute(0, 3, 1, 2), without_plan(batch), compile=True)

@@ -128,10 +128,12 @@ class Floor:
 
 
 def time_in_process(datasets: dict[str, Any], n: int) -> dict[str, float]:
-    """Images/s of each dataset's `__getitem__` in this process, interleaved image by image, the
-    order rotated each image (what runs just before a pipeline, and leaves the caches and the
-    allocator in its state, is each of the others equally often)."""
-    seconds = dict.fromkeys(datasets, 0.0)
+    """Images/s of each dataset's `__getitem__` in this process: 1 / the median over the images
+    of its seconds per image (the median: a time slice lost to another process on the shared
+    machine lands in one image's time, not in the rate), the pipelines interleaved image by
+    image, the order rotated each image (what runs just before a pipeline, and leaves the caches
+    and the allocator in its state, is each of the others equally often)."""
+    seconds: dict[str, list[float]] = {name: [] for name in datasets}
     for ds in datasets.values():
         ds[(1, 0)]  # warm-up (imports, first decode): not timed
     names = list(datasets)
@@ -140,8 +142,8 @@ def time_in_process(datasets: dict[str, Any], n: int) -> dict[str, float]:
             ds = datasets[name]
             t0 = time.perf_counter()
             ds[(1, i)]
-            seconds[name] += time.perf_counter() - t0
-    return {name: n / s for name, s in seconds.items()}
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: 1.0 / float(np.median(s)) for name, s in seconds.items()}
 
 
 def plan_seconds_per_image(two_stage, batch: int, reps: int = 5) -> float:
@@ -788,7 +790,8 @@ def loader_notes(record: dict[str, Any]) -> str:
     h = record["h100"]
     return f"""
 On {s["data"]}, {s["image_size"]} px, two views per image. "Per core": one process and one
-torch thread calls each pipeline per image, all interleaved image by image over the same files.
+torch thread calls each pipeline per image, all interleaved image by image over the same files
+(the order rotated each image); a rate is 1 / the median of its seconds per image.
 The floor is torchvision's decode plus the two crop-resizes with the CPU stage's boxes (drawn
 before timing) and filter (torchvision's antialiased uint8 kernel), nothing else. Today's loader
 (`--loader torch`) decodes with PIL and runs BYOL's augmentations with torchvision's PIL ops; the
