@@ -116,7 +116,7 @@ def test_the_detector_sees_each_kind_and_not_device_built_tensors() -> None:
         bool((x > 0).any())
         x.nonzero()
         x[x > 0]  # boolean mask: nonzero on CUDA
-        x[x < 0] = 0.0
+        x.index_put_((x < 0,), torch.zeros(()))  # assignment through a mask
         torch.as_tensor([1, 2])
         x.cpu()
         x.tolist()
