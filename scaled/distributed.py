@@ -210,11 +210,11 @@ def global_second_moment(z: torch.Tensor, *, local: bool = False) -> torch.Tenso
 
 
 # How often the trainer agrees on stop signals (`agree_every`). One gloo all-reduce of one int
-# between 2 local processes took a median 197 us, 0.19% of the all-reduce of a ResNet-50's
-# float32 gradients measured side by side (102.5 ms; `python -m tests.distributed._agree`,
-# docs/results/stop_flag_allreduce.json). Every 10 steps it costs 0.02% of that here, which
-# leaves a factor 50 for a cross-node round trip slower than loopback or NCCL gradients
-# faster than gloo's, for a stop that waits at most 9 more steps.
+# between 2 local processes took a median 180 us, 0.12% of the all-reduce of a ResNet-50's
+# float32 gradients measured side by side (156.4 ms; `python -m tests.distributed._agree`,
+# docs/results/stop_flag_allreduce.json). Every 10 steps it costs 0.012% of that: an order of
+# magnitude under 0.1%, kept for a cross-node round trip slower than loopback or NCCL
+# gradients faster than gloo's, for a stop that waits at most 9 more steps.
 STOP_AGREE_EVERY = 10
 
 
