@@ -37,6 +37,7 @@ SKIPPED: dict[str, str] = {
     "gpu-check-dry_run": "gpu_check's dry run is being changed by another helper (issue 28)",
     "feature-norm-minc": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "feature-norm-spectral": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
+    "minc-loop": "README's code example, not a table: tests/equivalence/test_objective.py runs it",
 }
 
 

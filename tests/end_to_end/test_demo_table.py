@@ -49,3 +49,37 @@ def test_verdict_goal_met_only_when_both_columns_pass_it():
     # beats both baselines but linear below 96%: goal not met
     line = verdict(_rows2((0.950, 0.960), (0.891, 0.952)))
     assert line.startswith("the pretrained encoder beats both") and line.endswith("NOT met")
+
+
+def _record(seed: int, knn: float) -> dict:
+    from scaled.tools.demo import verdict
+
+    rows = _rows2((0.98, knn), (0.89, 0.952))
+    for r in rows.values():
+        r.update(n_train=3500, n_test=1000)
+    return {
+        "method": "minc",
+        "seed": seed,
+        "rows": rows,
+        "args": f"--output-dir runs/demo_seed{seed} --write-docs -- --seed {seed}",
+        "steps": 2700,
+        "pretrain_seconds": 200.0,
+        "total_seconds": 210.0,
+        "verdict": verdict(rows),
+        "environment": {"load_average_1min": 5.0, "load_average_end_1min": 7.5, "git": {}},
+    }
+
+
+def test_sections_are_rendered_from_the_stored_record():
+    """The seed section says what ran (steps, splits, load at start and end) from the record;
+    the summary counts a seed whose kNN is under raw pixels as not meeting the goal."""
+    from scaled.tools.demo import docs_section, summary_section
+
+    name, body = docs_section(_record(0, 0.97))
+    assert name == "demo-seed0"
+    assert "(2700 steps)" in body and "fitted on the 3500 train digits" in body
+    assert "scored on the 1000 test digits" in body
+    assert "1-min load average at start 5.0, at end 7.5" in body
+    summary = summary_section([_record(0, 0.97), _record(1, 0.95)], None)
+    assert "| 0 | 2700 | 98.0 / 97.0 |" in summary and "| met |" in summary
+    assert "| 1 | 2700 | 98.0 / 95.0 |" in summary and "| NOT met |" in summary

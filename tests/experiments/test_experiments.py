@@ -234,4 +234,15 @@ def test_digits_budget_uses_the_demo_batch():
         demo().lr,
         demo().feature_norm,
     )
-    assert cfg.max_steps == ex.DigitsBudget().steps
+
+
+def test_digits_runs_train_whole_epochs_and_report_the_steps_that_ran(tmp_path):
+    """The budget's 1000 steps become whole epochs of the 3500 training digits (no truncated
+    cosine); what a run reports is read from its own log and checkpoints, not from the config."""
+    cfg = ex.digits_config(ex.DigitsBudget(), seed=1, output_dir="unused")
+    per_epoch = 3500 // cfg.batch_size
+    assert cfg.max_steps == 0 and cfg.epochs == round(1000 / per_epoch)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10}\n{"step": 1020}\n')
+    (tmp_path / "ckpt_00001026.pt").write_bytes(b"")
+    assert ex.steps_ran(tmp_path) == 1026
+    assert ex.steps_ran(tmp_path / "missing") == 0
