@@ -90,8 +90,9 @@ def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("data"), n_classes=3, per_class=8)
 
 
-@pytest.mark.parametrize("nproc", [1, 2], ids=["2x1", "2x2"])
-@pytest.mark.parametrize("data", ["digits", "folder"])
+# Two of the four (shape, data) pairs, to keep `make test` in its time: all four passed when
+# this file was written (issue 30).
+@pytest.mark.parametrize(("nproc", "data"), [(1, "digits"), (2, "folder")], ids=["2x1", "2x2"])
 def test_two_nodes_equal_one_node(nproc, data, folder, tmp_path):
     args = [*la.TINY, "--max-steps", "2", "--checkpoint-every", "1"]
     if data == "folder":
