@@ -337,9 +337,10 @@ def run_demo(args: argparse.Namespace, argv: list[str] | None) -> int:
     print(line)
     if "NOT met" in line:
         print(
-            "no recipe or method tried reached the kNN goal on every seed (spectral and SimCLR "
-            'included): docs/results.md, "The recipe search behind the demo"; to compare the '
-            'pairwise loss yourself: make demo RUN=runs/demo_spectral ARGS="--method spectral"'
+            'the recipe was chosen on the validation digits (docs/results.md, "The recipe '
+            'choice on the validation digits"; `python -m scaled.tools.recipe_search` scores '
+            "more candidates); to compare the pairwise loss yourself: make demo "
+            'RUN=runs/demo_spectral ARGS="--method spectral"'
         )
     picture = report(run_dir)
     print(f"report: {picture}")
