@@ -43,8 +43,9 @@ import scaled.losses as sl
 from reference.graphs import augmentation_graph
 from reference.tolerances import tol
 from scaled.checkpoint import checkpoint_cbar, load_model
-from scaled.config import PRESETS, parse_config
 from scaled.distributed import global_second_moment
+from scaled.options import parse_config
+from scaled.presets import PRESETS
 from scaled.pretrain import train
 
 REPO = Path.cwd()

@@ -156,8 +156,15 @@ class PretrainConfig:
     n_train: int = option(
         "data",
         4000,
-        "embedded digits: train split size",
+        "embedded digits: the training pool (validation digits included; test: the rest)",
         check=(at_least(1), "an integer >= 1"),
+    )
+    val_digits: int = option(
+        "data",
+        500,
+        "embedded digits: validation digits carved from the --n-train pool (seeded, same class "
+        "mix); recipe choices are scored on them; 0: none",
+        check=(at_least(0), "an integer >= 0"),
     )
     image_size: int = option(
         "data",
@@ -527,6 +534,11 @@ def validate(cfg: PretrainConfig, defaults: PretrainConfig | None = None) -> Non
                 f"--{_flag(f.name)} {value!r} is not valid (must be {what}); "
                 f"pass a valid value (default {default!r})"
             )
+    if not cfg.data_dir and cfg.val_digits >= cfg.n_train:
+        raise UserError(
+            f"--val-digits {cfg.val_digits} must be below --n-train {cfg.n_train} (the pool it "
+            "is carved from); pass e.g. --val-digits 500"
+        )
     if cfg.subset != "none" and not cfg.data_dir:
         raise UserError(
             f"--subset {cfg.subset} selects ImageNet classes but no --data-dir is given; pass "
@@ -558,7 +570,8 @@ def check_rank_batch(cfg: PretrainConfig, world: int) -> None:
         )
 
 
-DATA_ONLY = {"augment": True, "image_size": True, "digit_stroke": False, "n_train": False}
+DATA_ONLY = {"augment": True, "image_size": True, "digit_stroke": False, "n_train": False,
+             "val_digits": False}  # fmt: skip
 
 
 def config_warnings(cfg: PretrainConfig, defaults: PretrainConfig | None = None) -> list[str]:
@@ -633,18 +646,3 @@ def config_from_dict(d: dict) -> PretrainConfig:
     """Inverse of `config_to_dict`; unknown keys (from a newer version) are ignored."""
     names = {f.name for f in fields(PretrainConfig)}
     return PretrainConfig(**{k: v for k, v in d.items() if k in names})
-
-
-# Moved names, found where they were while the tools move to `scaled.presets` / `scaled.options`.
-_MOVED = {"PRESETS": "scaled.presets", "demo": "scaled.presets",
-          "imagenet_r50_minc": "scaled.presets", "parse_config": "scaled.options",
-          "build_parser": "scaled.options", "print_config_requested": "scaled.options",
-          "config_json": "scaled.options"}  # fmt: skip
-
-
-def __getattr__(name: str):
-    import importlib
-
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'scaled.config' has no attribute {name!r}")

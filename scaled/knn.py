@@ -135,7 +135,9 @@ def monitor_sets(cfg):
     Cached: built once per run (the scan of an ImageFolder, the load of the digits).
     """
     train = eval_dataset(cfg, "train")
-    val = eval_dataset(cfg, "val" if cfg.data_dir else "test", train_classes=train.classes)
+    # the digits' validation split, never their test split (read only by final tables)
+    held_out = "val" if cfg.data_dir or cfg.val_digits else "test"
+    val = eval_dataset(cfg, held_out, train_classes=train.classes)
     g = torch.Generator().manual_seed(MONITOR_SEED)
     pick = [torch.randperm(len(s), generator=g)[: cfg.knn_samples].tolist() for s in (train, val)]
     return Subset(train, pick[0]), Subset(val, pick[1]), len(train.classes)

@@ -55,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from scaled.config import UserError, demo, validate
+from scaled.config import UserError, validate
+from scaled.presets import demo
 from scaled.tools.provenance import (
     checkout_root,
     environment,

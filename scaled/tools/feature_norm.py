@@ -26,9 +26,10 @@ import torch
 from scipy import stats
 
 from scaled.checkpoint import load_model
-from scaled.config import PRESETS, UserError
+from scaled.config import UserError
 from scaled.data import eval_dataset
 from scaled.linear_eval import evaluate_features, extract_features, resolve_checkpoint
+from scaled.presets import PRESETS
 from scaled.tools.provenance import (
     checkout_root,
     docs_file,

@@ -58,9 +58,9 @@ QUICK = {"batch_sizes": (8, 16), "batches": 3, "burn_in": 2}
 def fixed_model(checkpoint: str | None, seed: int):
     """(cfg, SSLModel) at fixed weights: the checkpoint's, or the demo preset's initialisation."""
     from scaled.checkpoint import load_model
-    from scaled.config import demo
     from scaled.linear_eval import resolve_checkpoint
     from scaled.model import SSLModel
+    from scaled.presets import demo
 
     if checkpoint is not None:
         cfg, model, _ = load_model(resolve_checkpoint(checkpoint))
@@ -172,7 +172,7 @@ def measure(cfg, model, dataset, B: int, batches: int, burn_in: int, seed: int) 
     """Relative variance of each estimator at batch size B over ``batches`` batches.
 
     The EMA ``Cbar`` runs over the whole stream (burn-in batches give statistics only); as in
-    the trainer it takes the batch's ``C`` before the loss (``statistics_and_loss``).
+    the trainer it takes the batch's ``C`` before the loss (``scaled.objective.MINCLoss``).
     """
     from scaled.ema import ema_update
 

@@ -3,11 +3,13 @@ into docs/results.md (the `linear_eval` section).
 
 The entry point `scaled/linear_eval.py` returns and saves its result (JSON); publishing it in the
 docs is this tool's job, so the library never imports `scaled.tools`. `linear_eval_section`
-renders the section from the result JSON alone (what `python -m scaled.tools.results` calls).
+renders the section from the result JSON alone, stored as docs/results/linear_eval.json (what
+`python -m scaled.tools.results` renders again).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 from scaled.errors import UserError
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     env = environment("cpu")
 
     def publish(result: dict) -> None:
-        result["provenance"] = provenance_line(env)
-        body = linear_eval_section(result, argv, result["provenance"])
+        record = {**result, "argv": argv, "provenance": provenance_line(env)}
+        path = docs_file().parent / "results" / "linear_eval.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")  # what `scaled.tools.results` reads
+        body = linear_eval_section(record, argv, record["provenance"])
         replace_section(docs_file(), "linear_eval", body)
 
     return linear_eval_main(argv, publish=publish)

@@ -87,7 +87,7 @@ class LiveBytes(TorchDispatchMode):
 
 
 def imagenet_presets() -> list[str]:
-    from scaled.config import PRESETS
+    from scaled.presets import PRESETS
 
     return [name for name in PRESETS if name.startswith("imagenet_")]
 
@@ -103,7 +103,7 @@ def _batch(b: int, size: int) -> list:
 
 
 def _config(preset: str, batch: int, arch: str | None = None):
-    from scaled.config import PRESETS
+    from scaled.presets import PRESETS
 
     cfg = replace(PRESETS[preset](), amp="bf16", device="cpu", batch_size=batch, sync_bn=False)
     return cfg if arch is None else replace(cfg, arch=arch)
@@ -191,7 +191,7 @@ def accum_for(
 def measure_preset(preset: str, batches=BATCHES, check: int | None = None, size=IMAGE_SIZE):
     """One row: the peaks at `batches`, their line, the line checked at `check` (default: the
     preset's per-GPU batch, measured too), and the prediction at the per-GPU batch."""
-    from scaled.config import PRESETS
+    from scaled.presets import PRESETS
 
     cfg = PRESETS[preset]()
     target = per_gpu_batch(cfg)

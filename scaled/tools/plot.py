@@ -339,15 +339,15 @@ def final_state(run_dir: str | Path, n_points: int = 1000) -> dict:
     """
     import torch
 
-    from scaled.checkpoint import list_checkpoints, load_model
+    from scaled.checkpoint import checkpoint_cbar, list_checkpoints, load_model
     from scaled.data import eval_dataset
-    from scaled.linear_eval import extract_features
+    from scaled.features import extract_features
     from scaled.losses import normalized_features
 
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise FileNotFoundError(f"{run_dir} has no checkpoint (ckpt_*.pt)")
-    cfg, model, _ = load_model(ckpts[-1])
+    cfg, model, ckpt = load_model(ckpts[-1])
     test_set = eval_dataset(cfg, "test")
     h, labels = extract_features(model.online.backbone, test_set)
     model.online.projector.eval()
@@ -355,7 +355,7 @@ def final_state(run_dir: str | Path, n_points: int = 1000) -> dict:
         z = model.online.projector(h[:n_points])
         if cfg.feature_norm > 0:
             z = normalized_features(z, cfg.feature_norm)
-    C = model.Cbar.double()
+    C = checkpoint_cbar(ckpt).double()
     return {
         "checkpoint": str(ckpts[-1]),
         "method": cfg.method,

@@ -51,7 +51,7 @@ QUICK = {"steps": 4, "points": 2, "extra": False}
 def settings(extra: bool) -> list[dict[str, Any]]:
     """The (method, feature_norm, k) grid; ``extra`` adds, for MINC, target-off and lr / 4 at
     k = 8 and an output-BN projector at k = 64 and 8."""
-    from scaled.config import demo
+    from scaled.presets import demo
 
     mu = demo().feature_norm
     grid = [
@@ -85,7 +85,8 @@ def cbar_signature(C: np.ndarray) -> dict[str, float]:
 def run_config(setting: dict[str, Any], steps: int, points: int, seed: int, out: str):
     """Preset ``demo`` with the setting applied, ``steps`` steps, a checkpoint every
     ``steps / points`` steps, all kept, the cosine schedules ending at ``steps``."""
-    from scaled.config import demo, validate
+    from scaled.config import validate
+    from scaled.presets import demo
 
     base = demo()
     epochs = max(1, math.ceil(steps * base.batch_size / base.n_train))

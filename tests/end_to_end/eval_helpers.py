@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from scaled.checkpoint import checkpoint_path, training_state
-from scaled.config import parse_config
+from scaled.options import parse_config
 from scaled.pretrain import build_run_state
 
 from .helpers import TINY

@@ -18,11 +18,11 @@ if __package__ in (None, ""):
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from scaled.config import demo
 from scaled.data import GlobalBatchSampler, pretrain_dataset
 from scaled.distributed import init_distributed
 from scaled.model import SSLModel
 from scaled.objective import build_objective, ssl_loss, target_features
+from scaled.presets import demo
 
 
 def first_step_gradients(method: str, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from scaled.config import UserError, demo
+from scaled.config import UserError
 from scaled.data import (
     DigitView,
     GlobalBatchSampler,
@@ -16,6 +16,7 @@ from scaled.data import (
     pretrain_dataset,
     scan_image_folder,
 )
+from scaled.presets import demo
 
 from .helpers import make_image_folder
 

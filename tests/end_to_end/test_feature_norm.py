@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scaled.config import parse_config
 from scaled.losses import minc_loss_batch, normalized_features, second_moment_batch
+from scaled.options import parse_config
 from tests.conftest import tol
 
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from scaled.config import parse_config
+from scaled.options import parse_config
 from scaled.tools.feature_norm import finished, format_table, interval, norm_options, summarise
 
 

@@ -93,8 +93,8 @@ def test_resume_auto_continues_exactly(setup, monkeypatch):
 def test_val_labels_follow_train_classes(tmp_path):
     data = make_image_folder(tmp_path / "data", n_classes=3, per_class=4)
     (data / "val" / "class0").rename(tmp_path / "gone")  # val lacks class0: indices would shift
-    from scaled.config import parse_config
     from scaled.data import eval_dataset
+    from scaled.options import parse_config
 
     cfg = parse_config(["--preset", "demo", "--data-dir", str(data), "--image-size", "32"])
     train = eval_dataset(cfg, "train")

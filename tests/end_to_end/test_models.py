@@ -8,9 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from scaled.config import PRESETS, UserError, demo, parse_config
+from scaled.config import UserError
 from scaled.model import SSLModel, build_backbone, count_parameters, target_tau
 from scaled.optim import LARS, build_optimizer, warmup_cosine
+from scaled.options import parse_config
+from scaled.presets import PRESETS, demo
 from scaled.pretrain import main
 
 

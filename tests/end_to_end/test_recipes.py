@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from scaled.config import PRESETS, parse_config
 from scaled.model import OnlineNetwork
 from scaled.optim import build_optimizer, build_scheduler
+from scaled.options import parse_config
+from scaled.presets import PRESETS
 from scaled.pretrain import main
 
 # facebookresearch/simsiam: main_simsiam.py (--lr 0.05, -b 512, --wd 1e-4, --momentum 0.9,

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scaled.config import UserError, parse_config
+from scaled.config import UserError
 from scaled.data import SUBSET_FILES, eval_dataset, pretrain_dataset, subset_classes
+from scaled.options import parse_config
 from scaled.pretrain import main
 
 LIST = SUBSET_FILES["imagenet100"]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from scaled.augment import RECIPES
 from scaled.checkpoint import list_checkpoints, load_checkpoint
-from scaled.config import PretrainConfig, UserError, demo, validate
+from scaled.config import PretrainConfig, UserError, validate
 from scaled.data import (
     CPU_IMAGEFOLDER_LOADER,
     GlobalBatchSampler,
@@ -20,6 +20,7 @@ from scaled.data import (
     pretrain_dataset,
     resolved_loader,
 )
+from scaled.presets import demo
 from scaled.pretrain import main
 from tests.perf.test_no_host_sync import count_sync_calls, per_step_calls
 
@@ -115,7 +116,7 @@ def test_nan_fault_exits_3_with_the_device_loader(folder, tmp_path, capsys):
 def test_no_host_sync_in_the_step_with_the_device_loader(folder, tmp_path):
     argv = [*TINY, *JPEG, "--data-dir", str(folder), "--optimizer", "lars", "--max-steps", "3"]
     argv += ["--log-every", "2", "--output-dir", str(tmp_path / "run")]
-    from scaled.config import parse_config
+    from scaled.options import parse_config
     from scaled.pretrain import train
 
     with count_sync_calls() as calls:

@@ -19,7 +19,7 @@ B_GLOBAL, STEPS, SIZE = 8, 3, 16
 
 def config():
     """The demo preset shrunk to a float64 CPU test: raw features (Eq. 20 exactly), SGD."""
-    from scaled.config import demo
+    from scaled.presets import demo
 
     return replace(
         demo(), width=8, stem_stride=2, proj_hidden=16, proj_out=6, batch_size=B_GLOBAL,

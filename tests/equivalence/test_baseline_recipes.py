@@ -105,8 +105,8 @@ def test_clipped_spectral_loss_matches_haochen_D(mu, scale):
 def test_the_trainer_loss_of_haochens_preset_is_their_D():
     """The trainer's loss module under imagenet_r50_spectral_haochen (clip, mu 10, loss / mu)
     is their D."""
-    from scaled.config import PRESETS
     from scaled.objective import build_objective, ssl_loss
+    from scaled.presets import PRESETS
 
     cfg = PRESETS["imagenet_r50_spectral_haochen"]()
     z1, z2, _, _ = _pair(6, B=16, k=8, scale=2.0)

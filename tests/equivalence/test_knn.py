@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from scaled.config import parse_config
 from scaled.data import eval_dataset
 from scaled.features import pixel_features
 from scaled.knn import knn_classify, knn_neighbours, knn_votes
+from scaled.options import parse_config
 from tests.conftest import tol
 
 

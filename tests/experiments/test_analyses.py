@@ -65,9 +65,9 @@ def test_signature_config_checkpoints_along_the_run(tmp_path):
 
 
 def test_gradvar_measures_three_finite_estimators_at_init():
-    from scaled.config import demo
     from scaled.data import pretrain_dataset
     from scaled.model import SSLModel
+    from scaled.presets import demo
 
     cfg = dataclasses.replace(demo(), width=8, proj_hidden=32, proj_out=8)
     torch.manual_seed(0)

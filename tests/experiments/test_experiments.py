@@ -225,7 +225,7 @@ def test_every_full_budget_setting_builds_a_valid_config(monkeypatch, tmp_path):
 
 def test_digits_budget_uses_the_demo_batch():
     """The ablations run the demo's recipe: its batch, and its optimiser through `digits_config`."""
-    from scaled.config import demo
+    from scaled.presets import demo
 
     assert ex.DigitsBudget().batch_size == demo().batch_size
     cfg = ex.digits_config(ex.DigitsBudget(), seed=1, output_dir="unused")

@@ -69,6 +69,7 @@ BAD_VALUE = {
     "knn_every": -1,
     "knn_samples": 0,
     "n_train": 0,
+    "val_digits": -1,
     "fault_inject": "nan@x",
     "zero_init_residual": "yes",
     "exclude_bias_bn": 1,

@@ -105,8 +105,9 @@ def _fake_checkpointed_run(run_dir: Path) -> None:
     import torch
 
     from scaled.checkpoint import SCHEMA_VERSION, checkpoint_path
-    from scaled.config import config_to_dict, demo
+    from scaled.config import config_to_dict
     from scaled.model import SSLModel
+    from scaled.presets import demo
 
     _fake_run(run_dir)
     cfg = dataclasses.replace(

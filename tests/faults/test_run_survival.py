@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from scaled.checkpoint import atomic_save, list_checkpoints, prune_checkpoints
-from scaled.config import UserError, demo
+from scaled.config import UserError
 from scaled.data import ImageFiles, scan_image_folder
+from scaled.presets import demo
 from scaled.pretrain import world_size_change
 from tests.faults.test_pretrain_faults import (
     IMAGE_ARGS,

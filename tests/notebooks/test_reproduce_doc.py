@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scaled.config import PRESETS, parse_config
+from scaled.options import parse_config
+from scaled.presets import PRESETS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduce.md"
 PREFIX = "torchrun --nproc_per_node=8 scaled/pretrain.py "

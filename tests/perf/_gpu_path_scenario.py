@@ -40,7 +40,8 @@ FP16_INIT_SCALE = 1024.0
 
 def config(method: str, **overrides):
     """The demo preset shrunk to a CPU test: 8-channel small ResNet, k = 16, SGD, RGB 32 px."""
-    from scaled.config import demo, validate
+    from scaled.config import validate
+    from scaled.presets import demo
 
     cfg = replace(
         demo(), method=method, width=8, stem_stride=2, proj_hidden=32, proj_out=16,

@@ -18,7 +18,7 @@ B, STEPS, WARMUP, SIZE = 8, 4, 2, 32
 
 
 def config(method: str, loader: str, data_dir: Path, tmp: Path):
-    from scaled.config import parse_config
+    from scaled.options import parse_config
 
     preset = {"simclr": "imagenet_r50_simclr", "simsiam": "imagenet_r50_simsiam"}.get(
         method, "imagenet_r50_byol" if method == "byol" else "imagenet_r50_minc"

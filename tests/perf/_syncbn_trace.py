@@ -72,8 +72,8 @@ def online_network(sync: bool):
     """A small_resnet online network of MINC (the demo preset shrunk), SyncBN or plain BN."""
     from dataclasses import replace
 
-    from scaled.config import demo
     from scaled.model import SSLModel
+    from scaled.presets import demo
 
     cfg = replace(demo(), width=8, stem_stride=2, proj_hidden=32, proj_out=16, pred_hidden=32)
     online = SSLModel(cfg, 3, 3).online.train()

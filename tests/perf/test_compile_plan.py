@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from scaled.compile_plan import check_compile_plan, compile_online, graph_breaks
-from scaled.config import UserError, imagenet_r50_minc
+from scaled.config import UserError
+from scaled.presets import imagenet_r50_minc
 from tests.gloo import spawn_ranks
 from tests.perf import _syncbn_trace as trace
 

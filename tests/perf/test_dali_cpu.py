@@ -101,7 +101,7 @@ def test_trainer_loop_with_the_dali_loader_on_the_cpu(tmp_path, monkeypatch):
     uninterrupted one. The loader is built as `build_dali_loader` builds it with the trainer's
     sampler and `device_id=None` on a CPU (the change proposed for scaled/pretrain.py)."""
     import scaled.pretrain as P
-    from scaled.config import parse_config
+    from scaled.options import parse_config
 
     folder = make_image_folder(tmp_path / "data", n_classes=3, per_class=8, size=48)
     made, seen = [], []

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import scaled.pretrain as pretrain
-from scaled.config import parse_config
+from scaled.options import parse_config
 from tests.end_to_end.helpers import make_image_folder
 
 SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")

@@ -502,7 +502,7 @@ def step_flops(batch: int = STEP_BATCH, image_size: int = 224, measured_batch: i
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from scaled.config import imagenet_r50_minc
+    from scaled.presets import imagenet_r50_minc
     from scaled.pretrain import build_run_state, train_step
 
     cfg = replace(
