@@ -127,7 +127,7 @@ class Floor:
         return [self.resize_crop(img, b, s, k) for b, (s, k) in zip(boxes, self.views, strict=True)]
 
 
-def time_in_process(datasets: dict[str, Any], n: int) -> dict[str, float]:
+def time_in_process(datasets: dict[str, Any], n: int, quartiles: dict | None = None) -> dict:
     """Images/s of each dataset's `__getitem__` in this process: 1 / the median over the images
     of its seconds per image (the median: a time slice lost to another process on the shared
     machine lands in one image's time, not in the rate), the pipelines interleaved image by
@@ -144,6 +144,11 @@ def time_in_process(datasets: dict[str, Any], n: int) -> dict[str, float]:
             t0 = time.perf_counter()
             ds[(1, i)]
             seconds[name].append(time.perf_counter() - t0)
+    if quartiles is not None:  # ms per image: 25%, 50%, 75% (how spread the timings were)
+        quartiles |= {
+            k: [1e3 * float(q) for q in np.quantile(v, [0.25, 0.5, 0.75])]
+            for k, v in seconds.items()
+        }
     return {name: 1.0 / float(np.median(s)) for name, s in seconds.items()}
 
 
@@ -572,7 +577,8 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            per_core = time_in_process(datasets, n)
+            quartiles: dict[str, list[float]] = {}
+            per_core = time_in_process(datasets, n, quartiles)
             plan = plan_seconds_per_image(two, args.plan_batch)
             per_core["device"] = 1.0 / (1.0 / per_core["device"] + plan)  # + the batch plan
             files = [two.source.samples[i][0] for i in range(n)]
@@ -600,7 +606,8 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
         share["compiled_gpu"] = h100_share(fused["bytes_gpu"], flops["flops"])
     source = args.data_dir or f"{n_images} generated 500x375 JPEGs (quality 90)"
     record = {"benchmark": "loader", "env": finished(env), "command": args.command_line}
-    record |= {"per_core": per_core, "device_stage": stage, "dataloader": dl}
+    record |= {"per_core": per_core, "per_image_ms_quartiles": quartiles}
+    record |= {"device_stage": stage, "dataloader": dl}
     record |= {"stage_bytes": eager, "stage_bytes_compiled": fused, "step_flops": flops}
     record |= {"h100_share": share, "h100": H100}
     record["settings"] = {
