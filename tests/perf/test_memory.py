@@ -25,6 +25,7 @@ def test_live_bytes_counts_new_storages_once_and_frees_them() -> None:
     assert tracker.live == 0
 
 
+@pytest.mark.slow  # four computed ResNet-18 steps on the CPU
 def test_a_fake_step_allocates_what_a_computed_step_allocates() -> None:
     """The tool's fake-tensor step against the same step computed on the CPU: the peaks agree
     to 1% (measured: 0.07%, the first step's replaced Cbar, which the fake count keeps)."""
