@@ -15,8 +15,9 @@ def with_nan_fault(step_fn, nan_step: int):
 
     def poison(view):
         if isinstance(view, dict):  # two-stage loader: a NaN jitter factor on every sample
-            ones = torch.ones_like(view["jitter"])
-            return {**view, "jitter": ones, "factors": view["factors"] * float("nan")}
+            n = len(view["colour"])  # named fields override the packed colour vectors
+            nan = torch.full((n, 4), float("nan"))
+            return {**view, "jitter": torch.ones(n, dtype=torch.bool), "factors": nan}
         return view * float("nan")
 
     def poisoned_step(run, micro_batches):

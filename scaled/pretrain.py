@@ -385,8 +385,9 @@ def check_batch_divisible(cfg: PretrainConfig, world: int) -> None:
     check_rank_batch(cfg, world)
 
 
-def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, local_rank: int):
-    """`--loader dali`: the GPU pipeline of scaled/dali_loader.py, or a one-line UserError."""
+def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, local_rank: int, sampler, device):
+    """`--loader dali`: the pipeline of scaled/dali_loader.py (on the GPU; `device_id=None` runs it
+    on the CPU), fed by the trainer's own `sampler`, or a one-line UserError."""
     from scaled.dali_loader import DaliTwoViewLoader, DaliUnavailableError
 
     if not cfg.data_dir:
@@ -400,13 +401,13 @@ def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, world: int, lo
         return DaliTwoViewLoader(
             Path(cfg.data_dir) / "train",
             batch_size=micro,
+            sampler=sampler,  # the trainer's: set_epoch / set_start_step drive DALI's order
             crop=cfg.image_size,
             scale_min=crop_scale_min(cfg),
             num_threads=max(cfg.num_workers, 1),
-            device_id=local_rank,
+            device_id=local_rank if device.type == "cuda" else None,
             shard_id=rank,
-            num_shards=world,
-            seed=cfg.seed + rank,
+            seed=cfg.seed,
         )
     except DaliUnavailableError as err:
         raise UserError(str(err)) from None
@@ -463,9 +464,9 @@ def set_up(cfg: PretrainConfig) -> tuple[RunState, object, GlobalBatchSampler, i
         )
     sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, rank, world, cfg.seed)
     steps_per_epoch = sampler.steps_per_epoch
-    dali = build_dali_loader(cfg, micro, rank, world, local_rank) if loader_kind == "dali" else None
-    if dali is not None:  # DALI shards its own file list
-        steps_per_epoch = len(dali) // cfg.accum_steps
+    dali = None
+    if loader_kind == "dali":
+        dali = build_dali_loader(cfg, micro, rank, local_rank, sampler, device)
     run = build_run_state(
         cfg, in_channels, num_classes, device=device, world=world, rank=rank,
         local_rank=local_rank, steps_per_epoch=steps_per_epoch,

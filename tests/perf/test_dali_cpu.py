@@ -98,40 +98,25 @@ def test_trainer_loop_with_the_dali_loader_on_the_cpu(tmp_path, monkeypatch):
     """`--loader dali` through `scaled.pretrain.train` on the CPU with accumulation, an epoch
     the steps do not divide evenly (24 images, global batch 8 = 2 x 4), and a run interrupted
     at step 2 and resumed: the resumed run trains on the same images at every step as the
-    uninterrupted one. The loader is built as `build_dali_loader` builds it with the trainer's
-    sampler and `device_id=None` on a CPU (the change proposed for scaled/pretrain.py)."""
+    uninterrupted one. The loader is the trainer's own `build_dali_loader` (the trainer's sampler,
+    `device_id=None` on a CPU); only its thread count is pinned to one."""
     import scaled.pretrain as P
     from scaled.options import parse_config
 
     folder = make_image_folder(tmp_path / "data", n_classes=3, per_class=8, size=48)
-    made, seen = [], []
+    seen = []
+    real = D.DaliTwoViewLoader
 
-    class Recording(GlobalBatchSampler):
-        def __init__(self, *args, **kw):
-            super().__init__(*args, **kw)
-            made.append(self)
+    def one_thread(*args, **kw):
+        return real(*args, **{**kw, "num_threads": 1})
 
-    def build(cfg, micro, rank, world, local_rank):
-        return D.DaliTwoViewLoader(
-            folder / "train",
-            batch_size=micro,
-            sampler=made[-1],
-            seed=cfg.seed,
-            shard_id=rank,
-            device_id=None,
-            num_threads=1,
-            crop=cfg.image_size,
-            scale_min=0.08,
-        )
-
+    monkeypatch.setattr(D, "DaliTwoViewLoader", one_thread)
     step = P.train_step
 
     def recording_step(run, micro_batches):
         seen.append([i for b in micro_batches for i in b[3].tolist()])
         return step(run, micro_batches)
 
-    monkeypatch.setattr(P, "GlobalBatchSampler", Recording)
-    monkeypatch.setattr(P, "build_dali_loader", build)
     monkeypatch.setattr(P, "train_step", recording_step)
     common = [*TINY, "--data-dir", str(folder), "--loader", "dali", "--image-size", "32"]
     common += ["--batch-size", "8", "--accum-steps", "2", "--checkpoint-every", "1"]
