@@ -19,7 +19,8 @@ def imagenet_r50_minc() -> PretrainConfig:
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_minc
     --data-dir /path/to/imagenet`` (then ``scaled/linear_eval.py --checkpoint RUN_DIR
     --data-dir /path/to/imagenet``).
-    Hardware: 8 GPUs with >= 40 GB each (e.g. A100/H100), bf16.
+    Hardware: 8 GPUs, bf16; one step at 512 images per GPU holds about 45 GB of tensors
+    (docs/scaling.md, "Memory"): 80 GB cards fit it, on 40 GB cards pass ``--accum-steps 2``.
     Expected result: not run here; published 100-epoch ResNet-50 linear top-1 in the baselines'
     repositories: SimSiam 68.1, SimCLR ~64.5 (BYOL: none at 100 epochs; see the baseline
     presets). The paper reports that MINC beats the spectral contrastive baseline and SimCLR and
@@ -33,7 +34,9 @@ def imagenet_r50x2_minc() -> PretrainConfig:
 
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50x2_minc
     --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with 80 GB each; use ``--accum-steps 2`` on 40 GB cards.
+    Hardware: 8 GPUs, bf16; one step at 512 images per GPU holds about 90 GB of tensors
+    (docs/scaling.md, "Memory"): pass ``--accum-steps 2`` on 80 GB cards, ``--accum-steps 4``
+    on 40 GB cards.
     Expected result: not run here; the paper reports MINC ahead of the spectral baseline at 2x
     width too. No public 100-epoch 2x reference number is quoted in docs/method.md.
     """
@@ -49,7 +52,8 @@ def imagenet_r50_spectral() -> PretrainConfig:
     `imagenet_r50_spectral_haochen`.
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_spectral
     --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with >= 40 GB each.
+    Hardware: 8 GPUs, bf16; one step at 512 images per GPU holds about 43 GB of tensors
+    (docs/scaling.md, "Memory"): 80 GB cards fit it, on 40 GB cards pass ``--accum-steps 2``.
     Expected result: not run here; the paper reports it below MINC at every batch size.
     """
     return PretrainConfig(method="spectral", arch="resnet50", sync_bn=True, feature_norm=1.0)
@@ -72,7 +76,8 @@ def imagenet_r50_spectral_haochen() -> PretrainConfig:
     ImageNet is UNCONFIRMED (eval/eval_run.py defaults: SGD lr 30, 100 epochs, steps 60/80).
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset
     imagenet_r50_spectral_haochen --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with >= 40 GB each (48 images per GPU).
+    Hardware: 8 GPUs; 48 images per GPU hold about 7 GB of tensors (docs/scaling.md,
+    "Memory"): any card with 16 GB or more.
     Expected result: not run here; published 100-epoch number: none in the authors' repository
     (the paper's ImageNet table, arXiv 2106.04156, is quoted from memory as ~67 and is
     UNCONFIRMED).
@@ -114,7 +119,8 @@ def imagenet_r50_simsiam() -> PretrainConfig:
     predictor Linear has a bias here (removed by the BN that follows; theirs has none).
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_simsiam
     --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with >= 16 GB each (64 images per GPU).
+    Hardware: 8 GPUs; 64 images per GPU hold about 6 GB of tensors (docs/scaling.md,
+    "Memory"): any card with 16 GB or more.
     Expected result: not run here; published (README "Models and Logs"): 68.1% linear top-1 at
     100 epochs, batch 512 (their linear eval: LARS, lr 0.1 x B/256, batch 4096, 90 epochs).
     """
@@ -156,7 +162,8 @@ def imagenet_r50_simclr() -> PretrainConfig:
     (a factor 2 on the gradient, equivalent under LARS to halving the weight decay of 1e-6).
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_simclr
     --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with >= 40 GB each.
+    Hardware: 8 GPUs, bf16; one step at 512 images per GPU holds about 43 GB of tensors
+    (docs/scaling.md, "Memory"): 80 GB cards fit it, on 40 GB cards pass ``--accum-steps 2``.
     Expected result: not run here; published: "around 64.5% accuracy" (the README's sentence
     after the 100-epoch command; its linear eval: 90 epochs, Nesterov momentum, lr 0.1 x B/256).
     """
@@ -213,7 +220,8 @@ def imagenet_r50_byol() -> PretrainConfig:
     Differences that remain: the output Linear of their MLPs has no bias, ours has one.
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_byol
     --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with >= 40 GB each.
+    Hardware: 8 GPUs, bf16; one step at 512 images per GPU holds about 45 GB of tensors
+    (docs/scaling.md, "Memory"): 80 GB cards fit it, on 40 GB cards pass ``--accum-steps 2``.
     Expected result: not run here; published 100-epoch number: none in the authors' repository
     (its README: 74.0-74.5% at 1000 epochs; the often quoted 66.5% at 100 epochs is the SimSiam
     paper's reproduction, Table 4, UNCONFIRMED here).
@@ -229,7 +237,8 @@ def imagenet_r50_linear_byol() -> PretrainConfig:
     256 -> 256 (the Linear-BYOL variant the paper compares with).
     Command: ``torchrun --nproc_per_node=8 scaled/pretrain.py --preset imagenet_r50_linear_byol
     --data-dir /path/to/imagenet``.
-    Hardware: 8 GPUs with >= 40 GB each.
+    Hardware: 8 GPUs, bf16; one step at 512 images per GPU holds about 45 GB of tensors
+    (docs/scaling.md, "Memory"): 80 GB cards fit it, on 40 GB cards pass ``--accum-steps 2``.
     Expected result: not run here; published 100-epoch number: none in the authors' repository;
     the paper reports MINC competitive with it.
     """

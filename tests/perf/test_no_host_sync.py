@@ -111,6 +111,8 @@ def tiny_config(tmp_path: Path, device: str, method: str = "minc", data_dir: Pat
             "32",
             "--n-train",
             "256",
+            "--val-digits",
+            "32",
             "--batch-size",
             "16",
             "--max-steps",
