@@ -95,21 +95,22 @@ class Sizes:
     workers: int
     bench: list[str]  # bench step options
     resume_steps: int  # the torchrun run's last step
-    stop_after: int  # SIGTERM once metrics.jsonl has logged this step (the run goes on to the
-    # next step boundary meanwhile: measured 1-2 steps later on the CPU, hence the margin)
+    stop_after: int  # SIGTERM once metrics.jsonl has logged this step; several ranks agree on a
+    # stop every STOP_AGREE_EVERY = 10 steps (scaled.distributed), so the checkpoint is at the
+    # next multiple of 10 (measured: SIGTERM after step 2 -> checkpoint at step 10)
     stage_batch: int  # the device stage's batch
 
 
 GPU = Sizes(
     device="cuda", arch=["--arch", "resnet50"], image_size=224, batch_size=64, steps=10,
-    images=64 * 30, workers=8, resume_steps=30, stop_after=10, stage_batch=512,
+    images=64 * 30, workers=8, resume_steps=30, stop_after=5, stage_batch=512,
     bench=["--archs", "resnet50", "--batch-size", "512", "--image-size", "224",
            "--methods", "minc", "--reps", "10"],
 )  # fmt: skip
 DRY = Sizes(
     device="cpu", arch=["--arch", "small_resnet", "--width", "8", "--stem-stride", "2",
                         "--proj-hidden", "32", "--proj-out", "16", "--pred-hidden", "32"],
-    image_size=32, batch_size=8, steps=2, images=64, workers=0, resume_steps=12, stop_after=2,
+    image_size=32, batch_size=8, steps=2, images=64, workers=0, resume_steps=16, stop_after=2,
     stage_batch=8,
     bench=["--archs", "small_resnet", "--batch-size", "4", "--image-size", "32",
            "--methods", "minc", "--reps", "1"],
