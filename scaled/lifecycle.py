@@ -2,11 +2,11 @@
 
 Exit status of `scaled/pretrain.py` (and the meaning of `RunError.code`):
 
-    0    done, or preempted (SIGTERM / SIGUSR1: checkpoint at the next step boundary, exit 0)
+    0    done, or preempted (SIGTERM / SIGUSR1: checkpoint at the step all ranks agree on)
     2    a user error (one line `error: <problem>; <fix>`)
     3    a non-finite loss (the last good checkpoint is named)
     4    a checkpoint write failed (the previous one is intact)
-    130  interrupted by SIGINT / Ctrl-C (checkpoint at the next step boundary)
+    130  interrupted by SIGINT / Ctrl-C (checkpoint at the step all ranks agree on)
 
 Nothing here is a module global: `StopSignals` holds the flag its handlers set and
 `OutputDirLock` the lock file it holds, and both are returned to the trainer that owns them.
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from scaled.distributed import agree_every
 from scaled.errors import UserError
 
 EXIT_OK, EXIT_USER, EXIT_NONFINITE, EXIT_WRITE, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
@@ -47,8 +48,8 @@ class RunError(Exception):
 
 class StopSignals:
     """SIGTERM, SIGUSR1 and SIGINT set `flag` (0 none, 1 preempt, 2 interrupt); the trainer
-    checkpoints at the next step boundary. A context manager: the previous handlers come back
-    on exit."""
+    checkpoints at the step the ranks agree on (`agreed`). A context manager: the previous
+    handlers come back on exit."""
 
     def __init__(self) -> None:
         self.flag = 0
@@ -67,13 +68,10 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous = {}
 
-    def agreed(self, group=None) -> int:
-        """The largest flag over ranks (a CPU all-reduce on `group`, no GPU sync); 0: go on."""
-        if not dist.is_initialized():
-            return self.flag
-        flag = torch.tensor([self.flag], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-        return int(flag.item())
+    def agreed(self, group=None, *, step: int = 0, every: int = 1) -> int:
+        """The largest flag over ranks, agreed at steps that are multiples of `every` (a CPU
+        all-reduce on `group`, no GPU sync; `scaled.distributed.agree_every`); 0: go on."""
+        return agree_every(self.flag, step, every, group)
 
 
 def exit_code(stop: int) -> int:

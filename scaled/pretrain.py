@@ -9,11 +9,12 @@ bottom: the run state, `train_step`, logs and checkpoints, set-up, `train`. MINC
     Cbar <- beta Cbar + (1 - beta) C_batch               # identical on every rank
     loss = (minc(phi(x1), t2, Cbar) + minc(phi(x2), t1, Cbar)) / 2
 
-Exit status (`scaled.lifecycle`): 0 done or preempted (SIGTERM/SIGUSR1: checkpoint at the next
-step boundary on every rank, then exit 0), 2 user error, 3 non-finite loss, 4 checkpoint write
-failed, 130 interrupted by SIGINT / Ctrl-C (checkpoint at the next step boundary, as for
-SIGTERM). No host synchronisation happens per step except at log intervals and checkpoints (the
-stop flag is agreed through a CPU/gloo all-reduce, which does not wait for the GPU).
+Exit status (`scaled.lifecycle`): 0 done or preempted (SIGTERM/SIGUSR1: every rank checkpoints
+at the same step, then exits 0), 2 user error, 3 non-finite loss, 4 checkpoint write failed, 130
+interrupted by SIGINT / Ctrl-C (checkpoint, as for SIGTERM). One process stops at the next step;
+several agree on the stop flag every `STOP_AGREE_EVERY` (10) steps through a CPU/gloo
+all-reduce, which does not wait for the GPU. No other host synchronisation happens per step
+except at log intervals and checkpoints.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from scaled.data import (
     resolved_loader,
     worker_error_text,
 )
-from scaled.distributed import cleanup, init_distributed
+from scaled.distributed import STOP_AGREE_EVERY, cleanup, init_distributed
 from scaled.errors import UserError
 from scaled.faults import with_nan_fault
 from scaled.health import CollapseMonitor, representation_health
@@ -537,7 +538,8 @@ def end_of_step(run: RunState, last_step: int, stop: StopSignals) -> int | None:
     """Log and checkpoint when due; when a stop signal was agreed, the checkpoint is written
     and the exit status returned (0 preempted, 130 SIGINT); else None."""
     cfg, step = run.cfg, run.step
-    preempt = stop.agreed(run.control)
+    # agreed every STOP_AGREE_EVERY steps: one gloo round trip per 10 steps, not per step
+    preempt = stop.agreed(run.control, step=step, every=STOP_AGREE_EVERY)
     if knn_due(cfg, step, run.steps_per_epoch):
         kw = dict(rank=run.rank, world=run.world, device=run.device, amp_dtype=run.amp_dtype)
         run.extra_metrics.update(knn_monitor(run.model, cfg, **kw))

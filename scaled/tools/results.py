@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaled.config import UserError
+from scaled.errors import UserError
 from scaled.tools.provenance import checkout_root, markers
 
 BENCH_STALE = (
@@ -33,8 +33,10 @@ SKIPPED: dict[str, str] = {
     "bench-losses": BENCH_STALE,
     "bench-variance": BENCH_STALE,
     "bench-step": BENCH_STALE,
-    "bench-loader": "scaled/tools/bench/loader.py is being changed by another helper (issue 28)",
     "gpu-check-dry_run": "gpu_check's dry run is being changed by another helper (issue 28)",
+    "code-paths": "written by gpu_check from its own runs (`make gpu-check`)",
+    "bench-profile": BENCH_STALE,
+    "memory": "written by scaled/tools/memory.py, being changed by another helper (issue 29)",
     "feature-norm-minc": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "feature-norm-spectral": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "minc-loop": "README's code example, not a table: tests/equivalence/test_objective.py runs it",
@@ -139,6 +141,18 @@ def _linear_eval(root: Path) -> str:
     return linear_eval_section(r, r["argv"], r["provenance"])
 
 
+def _bench_loader(root: Path) -> str:
+    from scaled.tools.bench.loader import docs_section
+
+    return docs_section(root)
+
+
+def _loader_cores(root: Path) -> str:
+    from scaled.tools.bench.loader import cores_section
+
+    return cores_section(root)
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("docs/results.md", "claims", _claims),
     Section("docs/results.md", "experiments", _experiments),
@@ -149,6 +163,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("docs/results.md", "signature", _signature),
     Section("docs/results.md", "gradvar", _gradvar),
     Section("README.md", "readme-demo", _readme_demo),
+    Section("docs/results.md", "bench-loader", _bench_loader),
+    Section("docs/scaling.md", "loader-cores", _loader_cores),
 )
 
 

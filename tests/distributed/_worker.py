@@ -11,8 +11,8 @@ Run as ``torchrun ... tests/distributed/_worker.py PRETRAIN_ARGS``. Environment 
   one rank only), in attempt 0 only;
 - ``MINC_TEST_STALL=R:S``: rank R writes ``DIR/stalled<R>`` and sleeps after step S, in
   attempt 0 only (so that a test can kill its node at a known step);
-- ``MINC_TEST_AGREE_EVERY=N``: the stop flag is agreed with `scaled.distributed.agree_every`
-  every N steps instead of every step (the wiring the trainer is meant to get).
+- ``MINC_TEST_AGREE_EVERY=N``: the stop flag is agreed every N steps instead of the trainer's
+  `STOP_AGREE_EVERY` (a test can then stop within a few steps).
 
 Only wraps the trainer's public step-boundary function, `scaled.pretrain.end_of_step`; the
 training itself is untouched.
@@ -61,7 +61,7 @@ def end_of_step(run, *args, **kwargs):
     every = int(os.environ.get("MINC_TEST_AGREE_EVERY", "0"))
     stop = _stop_signals(args)
     if every and stop is not None:
-        stop.agreed = lambda group=None: agree_every(stop.flag, run.step, every, group)
+        stop.agreed = lambda group=None, **_: agree_every(stop.flag, run.step, every, group)
     if _fault("MINC_TEST_TERM") == (run.rank, run.step):
         os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler sets its stop flag
     code = _original(run, *args, **kwargs)

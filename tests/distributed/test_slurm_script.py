@@ -89,17 +89,18 @@ def test_shm_figure_matches_the_formula_in_script_and_docs():
     script, docs = (SCRIPTS / "pretrain.sbatch").read_text(), DOCS.read_text()
     nodes, gpus = int(sbatch_option(script, "nodes")), int(sbatch_option(script, "gpus-per-node"))
     batch = int(re.search(r"^BATCH=\$\{MINC_BATCH:-(\d+)\}", script, re.M).group(1))
-    need = shm_mb(gpus, 10, batch // (nodes * gpus))
-    assert need == 6166  # 6,165.6 MB
+    workers = int(re.search(r"^WORKERS_PER_GPU=(\d+)", script, re.M).group(1))
+    need = shm_mb(gpus, workers, batch // (nodes * gpus))
+    assert need == -(-8 * 4 * 2 * 128 * 301_056 // 10**6) == 2467  # 2,466.3 MB
     assert f"{need:,} MB per node" in script
     assert f"{need:,} MB" in docs
 
 
 def test_sizing_check_catches_a_wrong_script():
     script, docs = (SCRIPTS / "pretrain.sbatch").read_text(), DOCS.read_text()
-    assert sizing_errors(script.replace("--cpus-per-task=88", "--cpus-per-task=64"), docs)
-    assert sizing_errors(script.replace("WORKERS_PER_GPU=10", "WORKERS_PER_GPU=8"), docs)
-    assert sizing_errors(script, docs.replace("| 9.8 |", "| 12.0 |"))
+    assert sizing_errors(script.replace("--cpus-per-task=40", "--cpus-per-task=64"), docs)
+    assert sizing_errors(script.replace("WORKERS_PER_GPU=4", "WORKERS_PER_GPU=8"), docs)
+    assert sizing_errors(script, docs.replace("| 0.88 | 3.5 |", "| 0.88 | 12.0 |"))
 
 
 # --------------------------------------------------------------------------- running them
