@@ -641,6 +641,50 @@ PIPELINES = {  # per_core key -> row name
 }
 
 
+def share_table(record: dict[str, Any]) -> str:
+    """The device stage's bytes and its estimated H100 share of a step (eager and compiled)."""
+    eb, fl, share = record["stage_bytes"], record["step_flops"], record["h100_share"]
+    rows = [
+        [
+            "eager ops (TorchDispatchMode count)",
+            f"{eb['bytes'] / 1e9:.2f}",
+            f"{share['eager']['stage_ms']:.2f}",
+            f"{share['eager']['step_ms']:.1f}",
+            f"{100 * share['eager']['share']:.1f}%",
+        ]
+    ]
+    fused = record.get("stage_bytes_compiled")
+    if fused:
+        for key, name, b in (
+            ("compiled", "compiled (inductor's count on this CPU) + blur, copy", fused["bytes"]),
+            (
+                "compiled_gpu",
+                "the same + one read per jitter position (GPU mean kernels)",
+                fused["bytes_gpu"],
+            ),
+        ):
+            c = share[key]
+            rows.append(
+                [
+                    name,
+                    f"{b / 1e9:.2f}",
+                    f"{c['stage_ms']:.2f}",
+                    f"{c['step_ms']:.1f}",
+                    f"{100 * c['share']:.1f}%",
+                ]
+            )
+    return markdown_table(
+        [
+            f"device stage at {eb['batch']} images per GPU, {eb['dtype'].split('.')[-1]}",
+            "GB moved",
+            "ms at 3.35 TB/s",
+            f"step ms at 989 TFLOPS ({fl['flops'] / 1e12:.1f} TFLOP)",
+            "share of the step",
+        ],
+        rows,
+    )
+
+
 def loader_tables(record: dict[str, Any]) -> str:
     """The markdown tables of a `bench loader` record."""
     pc, gpu_rate = record["per_core"], record["settings"]["gpu_rate"]
@@ -685,46 +729,8 @@ def loader_tables(record: dict[str, Any]) -> str:
         ],
         stage_rows,
     )
-    eb, fl, share = record["stage_bytes"], record["step_flops"], record["h100_share"]
-    rows = [
-        [
-            "eager ops (TorchDispatchMode count)",
-            f"{eb['bytes'] / 1e9:.2f}",
-            f"{share['eager']['stage_ms']:.2f}",
-            f"{share['eager']['step_ms']:.1f}",
-            f"{100 * share['eager']['share']:.1f}%",
-        ]
-    ]
-    fused = record.get("stage_bytes_compiled")
-    if fused:
-        for key, name, b in (
-            ("compiled", "compiled (inductor's count on this CPU) + blur, copy", fused["bytes"]),
-            (
-                "compiled_gpu",
-                "the same + one read per jitter position (GPU mean kernels)",
-                fused["bytes_gpu"],
-            ),
-        ):
-            c = share[key]
-            rows.append(
-                [
-                    name,
-                    f"{b / 1e9:.2f}",
-                    f"{c['stage_ms']:.2f}",
-                    f"{c['step_ms']:.1f}",
-                    f"{100 * c['share']:.1f}%",
-                ]
-            )
-    out += "\n\n" + markdown_table(
-        [
-            f"device stage at {eb['batch']} images per GPU, {eb['dtype'].split('.')[-1]}",
-            "GB moved",
-            "ms at 3.35 TB/s",
-            f"step ms at 989 TFLOPS ({fl['flops'] / 1e12:.1f} TFLOP)",
-            "share of the step",
-        ],
-        rows,
-    )
+    out += "\n\n" + share_table(record)
+    eb = record["stage_bytes"]
     phases = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in eb["phases"].items())
     out += f"\n\nEager bytes by phase: {phases}."
     dl = record["dataloader"]
