@@ -203,7 +203,7 @@ def global_second_moment(z: torch.Tensor, *, local: bool = False) -> torch.Tenso
         k = zf.shape[1]
         packed = torch.empty(k * k + 1, dtype=dtype, device=z.device)
         packed[: k * k] = (zf.T @ zf).reshape(-1)
-        packed[k * k] = zf.shape[0]
+        packed[k * k :].fill_(zf.shape[0])  # a fill, not a tensor built from Python data
         if not local and _initialized():
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
         return packed[: k * k].reshape(k, k) / packed[k * k]

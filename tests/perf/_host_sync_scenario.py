@@ -2,7 +2,7 @@
 
 `step_syncs(method, loader, data_dir)` builds the trainer's own run state
 (`scaled.pretrain.build_run_state`) for a tiny ImageNet-preset-like config (LARS, the presets'
-optimiser; `--loader torch` or `device`), draws real batches from the trainer's own dataset
+optimiser; `--loader torch`, `device` or `dali`), draws real batches from the trainer's own dataset
 (`scaled.data.pretrain_dataset`, two-stage for `device`) outside the recording, and returns the
 host-sync ops (`scaled.tools.host_sync`) of the steps after the warm-up.
 """
@@ -31,6 +31,7 @@ def config(method: str, loader: str, data_dir: Path, tmp: Path):
             "--batch-size", str(B), "--loader", loader, "--device", "cpu",
             "--num-workers", "0", "--output-dir", str(tmp / "run"), "--epochs", "1",
             "--warmup-epochs", "0",
+            *(["--augment", "byol"] if loader == "dali" else []),  # DALI builds BYOL's views
         ]
     )  # fmt: skip
 
@@ -41,6 +42,12 @@ def batches(cfg, loader: str) -> list:
 
     dataset, _, _ = pretrain_dataset(cfg, two_stage=loader == "device")
     loader_ = DataLoader(dataset, batch_size=B, shuffle=False, num_workers=0, drop_last=True)
+    if loader == "dali":  # the trainer's own builder: DALI on the CPU (device_id=None)
+        from scaled.data import GlobalBatchSampler
+        from scaled.pretrain import build_dali_loader
+
+        sampler = GlobalBatchSampler(len(dataset), B, 0, 1, cfg.seed)
+        loader_ = build_dali_loader(cfg, B, 0, 0, sampler, torch.device("cpu"))
     out: list = []
     while len(out) < STEPS:  # as many passes over a small folder as it takes
         out += [[b] for b in loader_][: STEPS - len(out)]
