@@ -33,10 +33,7 @@ SKIPPED: dict[str, str] = {
     "bench-losses": BENCH_STALE,
     "bench-variance": BENCH_STALE,
     "bench-step": BENCH_STALE,
-    "gpu-check-dry_run": "gpu_check's dry run is being changed by another helper (issue 28)",
-    "code-paths": "written by gpu_check from its own runs (`make gpu-check`)",
     "bench-profile": BENCH_STALE,
-    "memory": "written by scaled/tools/memory.py, being changed by another helper (issue 29)",
     "feature-norm-minc": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "feature-norm-spectral": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "minc-loop": "README's code example, not a table: tests/equivalence/test_objective.py runs it",
@@ -153,6 +150,25 @@ def _loader_cores(root: Path) -> str:
     return cores_section(root)
 
 
+def _gpu_check_dry_run(root: Path) -> str:
+    from scaled.tools.gpu_check import results_section
+
+    return results_section(_load(root / "docs" / "results" / "gpu_check_dry_run.json"))
+
+
+def _code_paths(root: Path) -> str:
+    from scaled.tools.gpu_check import paths_table
+
+    runs = {k: root / "docs" / "results" / f"gpu_check_{k}.json" for k in ("dry_run", "cuda")}
+    return paths_table(*(_load(p) if p.is_file() else None for p in runs.values()))
+
+
+def _memory(root: Path) -> str:
+    from scaled.tools.memory import render_memory_section
+
+    return render_memory_section(_load(root / "docs" / "results" / "memory.json"))
+
+
 SECTIONS: tuple[Section, ...] = (
     Section("docs/results.md", "claims", _claims),
     Section("docs/results.md", "experiments", _experiments),
@@ -165,6 +181,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("README.md", "readme-demo", _readme_demo),
     Section("docs/results.md", "bench-loader", _bench_loader),
     Section("docs/scaling.md", "loader-cores", _loader_cores),
+    Section("docs/results.md", "gpu-check-dry_run", _gpu_check_dry_run),
+    Section("docs/scaling.md", "code-paths", _code_paths),
+    Section("docs/scaling.md", "memory", _memory),
 )
 
 
