@@ -197,6 +197,8 @@ with tempfile.TemporaryDirectory() as run_dir:
             "32",
             "--n-train",
             "256",
+            "--val-digits",
+            "32",
             "--num-workers",
             "0",
             "--output-dir",

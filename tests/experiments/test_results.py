@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _copy_tree(tmp_path: Path) -> Path:
     (tmp_path / "docs").mkdir()
     shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
-    shutil.copyfile(ROOT / "docs" / "results.md", tmp_path / "docs" / "results.md")
+    for name in ("results.md", "scaling.md"):
+        shutil.copyfile(ROOT / "docs" / name, tmp_path / "docs" / name)
     shutil.copyfile(ROOT / "README.md", tmp_path / "README.md")
     return tmp_path
 
