@@ -38,17 +38,17 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
 
 
-def atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, rename over `path`.
+def _atomic_write(path: str | os.PathLike, mode: str, write) -> None:
+    """`write(fh)` into a temporary file beside `path`, fsync, rename over `path`, fsync the folder.
 
     A crash (or a full disk) at any point leaves either the old file or the new one, never a
-    partial one. On OSError the temporary file is removed and the error re-raised.
+    partial one. On any error the temporary file is removed and the error re-raised.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+        with open(tmp, mode) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -65,19 +65,14 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> None:
         pass
 
 
+def atomic_save(obj: dict, path: str | os.PathLike) -> None:
+    """`torch.save` of `obj` to `path`, atomically (`_atomic_write`)."""
+    _atomic_write(path, "wb", lambda fh: torch.save(obj, fh))
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write `text` to `path` as `atomic_save` does: a temporary file beside it, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """`text` written to `path`, atomically (`_atomic_write`)."""
+    _atomic_write(path, "w", lambda fh: fh.write(text))
 
 
 # The temporary files of `atomic_save` / `atomic_write_text`: `.NAME.tmp.PID` (.pt and .json).
