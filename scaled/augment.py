@@ -2,12 +2,13 @@
 
 The two-stage input pipeline (`--loader device`, the default on CUDA for ImageFolder data):
 
-1. CPU stage (data-loader workers, `scaled.data.TwoStageView`): decode, RandomResizedCrop,
-   horizontal flip -> a uint8 view; plus the per-sample colour parameters that
-   `draw_colour_params` draws, in the worker, from the sample's seeded generator
+1. CPU stage (data-loader workers, `scaled.data.TwoStageView`): decode, RandomResizedCrop
+   -> a uint8 view; plus the per-sample parameters of the rest (flip and colour) that
+   `draw_view` draws, in the worker, from the sample's seeded generator
    (`scaled.data.sample_seed(seed, epoch, index)`). Nothing else happens on the CPU.
-2. Device stage (`device_stage`, called by `scaled.pretrain.train_step`): colour jitter in a
-   per-sample random order, grayscale, Gaussian blur, solarize and normalisation on the whole
+2. Device stage (`device_stage`, called by `scaled.pretrain.train_step`): horizontal flip,
+   colour jitter in a per-sample random order, grayscale, Gaussian blur, solarize and
+   normalisation on the whole
    batch, each sample with ITS OWN parameters (a batch-wide parameter would be a different
    distribution), with no host synchronisation. Each sample's ops run once each: the three
    blends of ColorJitter are one per-sample blend, hue is one RGB -> RGB formula (no HSV
@@ -101,8 +102,9 @@ def blur_kernel_size(size: int) -> int:
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's default)
 N_UNIFORMS = 36  # the uniforms one view draws (`draw_view`)
-# The colour parameters of one view as one float vector (`draw_view`, `colour_fields`):
-COLOUR_FIELDS = ("jitter", "order", "factors", "gray", "blur", "sigma", "solarize")
+# The device stage's parameters of one view as one float vector (`draw_view`, `colour_fields`;
+# "colour" for short: the flip is the one that is not a colour op):
+COLOUR_FIELDS = ("jitter", "order", "factors", "gray", "blur", "sigma", "solarize", "flip")
 _FIELD_SLICES = {
     "jitter": 0,
     "order": slice(1, 5),
@@ -111,8 +113,9 @@ _FIELD_SLICES = {
     "blur": 10,
     "sigma": 11,
     "solarize": 12,
+    "flip": 13,
 }
-COLOUR_WIDTH = 13
+COLOUR_WIDTH = 14
 
 
 @functools.lru_cache
@@ -146,8 +149,19 @@ def crop_box(u: list[float], height: int, width: int, scale: tuple[float, float]
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def draw_uniforms(views: int = 1) -> list[float]:
+    """The `N_UNIFORMS` uniforms of each of `views` views, from torch's default generator
+    (float64), in one call: the CPU generator fills element by element, so this equals
+    `views` calls one after the other (tested)."""
+    return torch.rand(views * N_UNIFORMS, dtype=torch.float64).tolist()
+
+
 def draw_view(
-    recipe: ViewRecipe, height: int, width: int, scale: tuple[float, float]
+    recipe: ViewRecipe,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    u: list[float] | None = None,
 ) -> tuple[tuple[int, int, int, int], bool, list[float]]:
     """One view's parameters, `(crop box, flip, colour vector)`, from ONE draw of
     `N_UNIFORMS` uniforms of torch's default generator (seeded per sample by
@@ -160,9 +174,11 @@ def draw_view(
     permutation of (brightness, contrast, saturation, hue) (the argsort of 4 uniforms) and
     uniform factors in its ranges; grayscale, blur (sigma uniform in its range) and solarize
     with their probabilities. The colour vector is `COLOUR_FIELDS` laid out as `_FIELD_SLICES`
-    (identity order and factors (1, 1, 1, 0) without jitter, sigma 1 without blur).
+    (identity order and factors (1, 1, 1, 0) without jitter, sigma 1 without blur); its last
+    entry is the flip again (the CPU stage leaves the flip to the device stage). `u`: the
+    uniforms, drawn before (`draw_uniforms`, what this draws without them).
     """
-    u = torch.rand(N_UNIFORMS, dtype=torch.float64).tolist()
+    u = draw_uniforms() if u is None else u
     box = crop_box(u, height, width, scale)
     jitter = u[23] < recipe.jitter_p
     order, factors = [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 0.0]
@@ -173,16 +189,17 @@ def draw_view(
         factors = [lo + (hi - lo) * u[28 + k] for k, (lo, hi) in enumerate(ranges)]
     blur = u[33] < recipe.blur_p
     sigma = recipe.sigma[0] + (recipe.sigma[1] - recipe.sigma[0]) * u[34] if blur else 1.0
+    flip = u[22] < recipe.flip_p
     flags = [float(u[32] < recipe.gray_p), float(blur), sigma, float(u[35] < recipe.solarize_p)]
-    return box, u[22] < recipe.flip_p, [float(jitter), *order, *factors, *flags]
+    return box, flip, [float(jitter), *order, *factors, *flags, float(flip)]
 
 
 def colour_fields(colour: torch.Tensor) -> dict[str, torch.Tensor]:
     """The colour vectors (..., COLOUR_WIDTH) of `draw_view` as named per-sample tensors:
-    bool `jitter`, `gray`, `blur`, `solarize`; int64 `order` (..., 4); float32 `factors`
+    bool `jitter`, `gray`, `blur`, `solarize`, `flip`; int64 `order` (..., 4); float32 `factors`
     (..., 4) and `sigma`. Slices and casts only (no host sync on the device)."""
     out = {k: colour[..., s] for k, s in _FIELD_SLICES.items()}
-    for k in ("jitter", "gray", "blur", "solarize"):
+    for k in ("jitter", "gray", "blur", "solarize", "flip"):
         out[k] = out[k] > 0.5
     out["order"] = out["order"].long()
     return out
@@ -297,28 +314,39 @@ def jitter_coefficients(apply: torch.Tensor, order: torch.Tensor, factors: torch
 # are host data; the count travels as the SHAPE of a tensor with no elements, so the device
 # stage reads it without a host sync (no `.item()`, no `nonzero`).
 
-PLANNED = ("blur", "gray", "solarize", "hue0", "hue1", "hue2", "hue3")  # hue<p>: hue at p
+PLANNED = ("flip", "blur", "gray", "solarize", "hue0", "hue1", "hue2", "hue3")  # hue<p>: at p
 
 
 def drawn_ops(fields: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, len(PLANNED)) bool: which samples drew each planned op (`colour_fields` of a batch)."""
     hue = [fields["jitter"] & (fields["order"][:, p] == 3) for p in range(4)]
-    return torch.stack([fields["blur"], fields["gray"], fields["solarize"], *hue], dim=1)
+    flags = [fields[k] for k in ("flip", "blur", "gray", "solarize")]
+    return torch.stack([*flags, *hue], dim=1)
 
 
-def batch_plan(views: list[dict[str, torch.Tensor]]) -> None:
+def plan_of(colour: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan of one view's batch from its colour vectors (B, COLOUR_WIDTH): `slots`
+    (B, len(PLANNED)), column j the batch positions of the samples that drew op j first (a
+    stable sort), and `counts`, a tensor with no elements of shape (0, n_1, ..., n_8)."""
+    drawn = drawn_ops(colour_fields(colour))
+    slots = torch.argsort((~drawn).to(torch.uint8), dim=0, stable=True)
+    return slots, torch.empty(0, *drawn.sum(dim=0).tolist())
+
+
+def batch_plan(views: list[dict[str, torch.Tensor]], colour: torch.Tensor | None = None) -> None:
     """Add a plan to one view's per-sample parameters (one dict per sample of a batch, each
-    with its `colour` vector; in the CPU stage's worker, `scaled.data.ViewsDataset.__getitems__`).
+    with its `colour` vector; in the CPU stage's worker, `scaled.data.ViewsDataset.__getitems__`;
+    `colour`: those vectors stacked, when the caller has them).
 
     `plan_slots` (len(PLANNED),): for each planned op, entry i of the batch positions of the
-    samples that drew it, those first (a stable sort); `plan_counts`, a tensor with no elements
-    whose shape (0, n_1, ..., n_7) holds how many drew each op. Collated: (B, 7) and
-    (B, 0, n_1, ..., n_7).
+    samples that drew it, those first (`plan_of`); `plan_counts`, a tensor with no elements
+    whose shape (0, n_1, ..., n_8) holds how many drew each op. Collated: (B, 8) and
+    (B, 0, n_1, ..., n_8).
     """
-    drawn = drawn_ops(colour_fields(torch.stack([v["colour"] for v in views])))
-    slots = torch.argsort((~drawn).to(torch.uint8), dim=0, stable=True)
-    counts = torch.empty(0, *drawn.sum(dim=0).tolist())
-    for v, row in zip(views, slots, strict=True):
+    if colour is None:
+        colour = torch.stack([v["colour"] for v in views])
+    slots, counts = plan_of(colour)
+    for v, row in zip(views, slots.unbind(0), strict=True):
         v["plan_slots"], v["plan_counts"] = row, counts
 
 
@@ -409,10 +437,11 @@ STAGE_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
 STAGE_COMPILE = {"cuda": True, "cpu": False}
 
 
-def _colour(pixels, apply, order, factors, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 views -> jittered views in `dtype`: the region before the blur, every op a select
-    (static shapes for `torch.compile`)."""
-    return color_jitter(pixels.to(dtype) / 255.0, apply, order, factors)
+def _colour(pixels, flip, apply, order, factors, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 views -> flipped and jittered views in `dtype`: the region before the blur, every
+    op a select (static shapes for `torch.compile`; the flip is a mirrored read of the input)."""
+    x = pixels.to(dtype) / 255.0
+    return color_jitter(torch.where(_per_sample(flip), x.flip(-1), x), apply, order, factors)
 
 
 def _finish(x, gray, solar, scale, shift, memory_format: torch.memory_format) -> torch.Tensor:
@@ -448,7 +477,8 @@ def augment_batch(
     """uint8 views (B, 3, H, W), any memory format, + their per-sample parameters (named as
     `colour_fields`, or the packed `colour` vectors) -> normalised float32 views.
 
-    Colour jitter (each sample's four ops once each, in its drawn order), the blur, grayscale,
+    The horizontal flip, colour jitter (each sample's four ops once each, in its drawn order),
+    the blur, grayscale,
     solarize, normalisation, in `dtype` (default `STAGE_DTYPE` of the device). Grayscale comes
     after the blur, fused with solarize: both are linear, one over the channels and one over
     the pixels, so they commute exactly up to round-off (torchvision: grayscale, then blur).
@@ -467,7 +497,7 @@ def augment_batch(
     consts = _constants(pixels.device, torch.float32)
     if STAGE_COMPILE.get(kind, False) if compile is None else compile:
         try:
-            x = _compiled(_colour)(pixels, p["jitter"], p["order"], p["factors"], dtype)
+            x = _compiled(_colour)(pixels, p["flip"], p["jitter"], p["order"], p["factors"], dtype)
             x = blur_where_drawn(x, p)
             args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
             return _compiled(_finish)(x, *args)
@@ -482,7 +512,8 @@ def augment_batch(
                 file=sys.stderr,
             )
     phase("colour")
-    x = color_jitter(pixels.to(dtype).div_(255.0), p["jitter"], p["order"], p["factors"], p)
+    x = where_drawn(pixels.to(dtype).div_(255.0), p, "flip", p["flip"], lambda s, i: s.flip(-1))
+    x = color_jitter(x, p["jitter"], p["order"], p["factors"], p)
     phase("blur")
     x = blur_where_drawn(x, p)
     phase("finish")
@@ -496,8 +527,8 @@ def device_stage(view, device: torch.device, memory_format: torch.memory_format)
     """A loader's view batch on `device`, ready for the network.
 
     A tensor (the torch and DALI loaders: already augmented) is only moved; a dict (the two-stage
-    loader: uint8 `pixels` (B, H, W, 3), the `colour` vectors (B, COLOUR_WIDTH) of `draw_view`
-    and a `batch_plan`) is moved and augmented here, batched.
+    loader: uint8 `pixels` (B, H, W, 3), cropped and resized, the flip and colour vectors
+    (B, COLOUR_WIDTH) of `draw_view` and a `batch_plan`) is moved and augmented here, batched.
     """
     if isinstance(view, torch.Tensor):
         return view.to(device, non_blocking=True, memory_format=memory_format)

@@ -11,7 +11,6 @@ any world size (1 process and R processes see the same global batch at every ste
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -29,14 +28,17 @@ from torchvision.transforms import functional as TF
 from scaled.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    N_UNIFORMS,
     RATIO,  # noqa: F401  (RandomResizedCrop's aspect range: tests, tools)
     RECIPES,
     ViewRecipe,
     batch_plan,
     blur_kernel_size,
+    draw_uniforms,
     draw_view,
 )
 from scaled.config import UserError
+from scaled.jpeg import jpeg_frame
 
 try:  # deprecated since torchvision 0.29 (for torchcodec, which needs system FFmpeg libraries)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -259,30 +261,35 @@ class ImageFiles(Dataset):
         return self.samples[index][0]
 
 
-JPEG_MODES = ("RGB", "L", "CMYK")  # the JPEGs `torchvision.io.decode_jpeg` turns into PIL's RGB
+# (bits, components) of the JPEGs decode_jpeg turns into PIL's RGB: PIL's "L", "RGB", "CMYK"
+JPEG_FRAMES = ((8, 1), (8, 3), (8, 4))
 
 
 class DecodedFiles(ImageFiles):
     """`(uint8 tensor (3, H, W), label)` from a file list: the two-stage path's source.
 
     JPEGs are decoded by `torchvision.io.decode_jpeg` (libjpeg-turbo, as PIL; the same pixels as
-    `ImageFiles.load(i).convert("RGB")`, tested, in about half the time); PIL still reads the
-    header first, so the decompression-bomb limit and the errors are `ImageFiles.load`'s. Other
-    formats (PNG, 16-bit, ...), and every file where torchvision has no `decode_jpeg`, are
-    `ImageFiles.load` then `pil_to_tensor`.
+    `ImageFiles.load(i).convert("RGB")`, tested, in about half the time). Their frame header is
+    read from the bytes (`scaled.jpeg.jpeg_frame`, not PIL's slower parser) for PIL's checks:
+    the decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, PIL's own check and message) and the
+    colour modes decode_jpeg turns into PIL's RGB (1, 3 or 4 components of 8 bits). Other files
+    (PNG, 12-bit JPEG, ...), and every file where torchvision has no `decode_jpeg`, are
+    `ImageFiles.load` then `pil_to_tensor`: PIL's pixels and PIL's errors.
     """
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         with open(path, "rb") as fh:
             data = fh.read()
-        try:
-            header = Image.open(io.BytesIO(data))  # header only: size, mode, format
-        except Image.DecompressionBombError as err:
-            raise ValueError(str(err).split(" could be")[0]) from None
-        if decode_jpeg is None or header.format != "JPEG" or header.mode not in JPEG_MODES:
+        frame = jpeg_frame(data)
+        pil_only = frame is None or (frame.precision, frame.components) not in JPEG_FRAMES
+        if decode_jpeg is None or pil_only:
             img, label = super().load(index)
             return TF.pil_to_tensor(img), label
+        try:
+            Image._decompression_bomb_check((frame.width, frame.height))  # Image.open's check
+        except Image.DecompressionBombError as err:
+            raise ValueError(str(err).split(" could be")[0]) from None
         try:
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                                  mode=ImageReadMode.RGB, apply_exif_orientation=True)  # fmt: skip
@@ -355,7 +362,8 @@ class ReferenceView:
 
 JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
 COLOUR_FIELDS_FLAT = ("jitter", "order0", "order1", "order2", "order3", "factor0", "factor1",
-                      "factor2", "factor3", "gray", "blur", "sigma", "solarize")  # fmt: skip
+                      "factor2", "factor3", "gray", "blur", "sigma", "solarize",
+                      "flip")  # fmt: skip
 
 
 def view_transform(recipe: ViewRecipe, size: int, scale_min: float) -> Callable:
@@ -364,18 +372,18 @@ def view_transform(recipe: ViewRecipe, size: int, scale_min: float) -> Callable:
 
 
 class TwoStageView:
-    """The CPU stage of one view (`--loader device`): crop, resize, flip, uint8; parameters drawn.
+    """The CPU stage of one view (`--loader device`): crop, resize, uint8; parameters drawn.
 
     Takes a decoded uint8 (3, H, W) tensor (`DecodedFiles`; any memory layout) and returns
     `{"pixels": uint8 (size, size, 3), "colour": float32 (COLOUR_WIDTH,)}`: the view in HWC
     layout (the decoder's and the uint8 resize kernel's own, so no repacking anywhere: the
     collated batch is a plain copy and becomes a channels-last batch on the device) and its
-    colour vector; the device stage (`scaled.augment.device_stage`) applies the colour ops
-    batched. Only floor work besides one parameter draw: one `draw_view` (the reference path's
-    draws: the same crop, flip and colour parameters), one copy of the crop into a packed
-    channels-last block, torchvision's antialiased uint8 resize kernel (same filter as PIL's,
-    within one level: `uint8_resize` in reference/tolerances.py), a flip of the 224 px view when
-    drawn.
+    flip and colour vector; the device stage (`scaled.augment.device_stage`) flips and applies
+    the colour ops, batched (a flip of the 224 px HWC view costs ~50 us here, between decodes,
+    and nothing there: a mirrored read). Only floor work besides one parameter draw: one
+    `draw_view` (the reference path's draws: the same crop, flip and colour parameters), one
+    copy of the crop into a packed channels-last block, torchvision's antialiased uint8 resize
+    kernel (same filter as PIL's, within one level: `uint8_resize` in reference/tolerances.py).
     """
 
     def __init__(self, recipe: ViewRecipe, size: int, scale_min: float) -> None:
@@ -384,11 +392,14 @@ class TwoStageView:
         self.resize_kernel = UINT8_RESIZE[recipe.interpolation]
 
     def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        box, flip, colour = draw_view(self.recipe, img.shape[-2], img.shape[-1], self.scale)
-        view = resize_crop(img, box, self.size, self.resize_kernel)
-        if flip:
-            view = view.flip(1)
+        view, colour = self.view(img)
         return {"pixels": view, "colour": torch.tensor(colour, dtype=torch.float32)}
+
+    def view(self, img: torch.Tensor, u: list[float] | None = None):
+        """`(uint8 view, colour vector as a list)` from the view's uniforms `u` (drawn here
+        from torch's generator when None): `ViewsDataset.__getitems__` draws them first."""
+        box, _, colour = draw_view(self.recipe, img.shape[-2], img.shape[-1], self.scale, u)
+        return resize_crop(img, box, self.size, self.resize_kernel), colour
 
 
 def resize_crop(img: torch.Tensor, box, size: int, kernel) -> torch.Tensor:
@@ -550,8 +561,58 @@ def linear_train_transform(size: int) -> Callable:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one sample's augmentations: a hash of (seed, epoch, index)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+    """The seed of one sample's augmentations: a hash of (seed, epoch, index), the first 63 bits
+    of `np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)`.
+
+    Computed by `seed_sequence_state`, NumPy's algorithm in plain integers (bit-equal, tested):
+    NumPy's objects cost ~40 us per sample between decodes, 3% of the CPU stage's time.
+    """
+    return seed_sequence_state([seed, epoch, index]) >> 1
+
+
+_M32 = 0xFFFFFFFF
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _POOL = 0xCA01F9DD, 0x4973F715, 4  # numpy/random/bit_generator.pyx
+
+
+def seed_sequence_state(entropy: Sequence[int]) -> int:
+    """`np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]` for non-negative Python
+    ints: each int as its 32-bit words (low first; 0 is one word), the pool of 4 words mixed by
+    NumPy's `hashmix` and `mix` (`mix_entropy`), then two output words (`generate_state`)."""
+    words: list[int] = []
+    for n in entropy:
+        words.append(n & _M32)
+        while n > _M32:
+            n >>= 32
+            words.append(n & _M32)
+    const = _INIT_A
+
+    def hashmix(value: int) -> int:
+        nonlocal const
+        value ^= const
+        const = (const * _MULT_A) & _M32
+        value = (value * const) & _M32
+        return value ^ (value >> 16)
+
+    def mix(x: int, y: int) -> int:
+        r = (_MIX_L * x - _MIX_R * y) & _M32
+        return r ^ (r >> 16)
+
+    pool = [hashmix(words[i] if i < len(words) else 0) for i in range(_POOL)]
+    for src in range(_POOL):
+        for dst in range(_POOL):
+            if src != dst:
+                pool[dst] = mix(pool[dst], hashmix(pool[src]))
+    for word in words[_POOL:]:
+        for dst in range(_POOL):
+            pool[dst] = mix(pool[dst], hashmix(word))
+    out, const = [], _INIT_B
+    for word in pool[:2]:
+        word ^= const
+        const = (const * _MULT_B) & _M32
+        word = (word * const) & _M32
+        out.append(word ^ (word >> 16))
+    return out[0] | (out[1] << 32)
 
 
 class ViewsDataset(Dataset):
@@ -607,30 +668,56 @@ class ViewsDataset(Dataset):
 
     def _seeded(self, epoch: int, index: int, draw: Callable):
         """`draw()` with torch's generator seeded for this sample, then restored."""
+        return self._seeded_each([(epoch, index)], draw)[0]
+
+    def _seeded_each(self, keys: list[tuple[int, int]], draw: Callable) -> list:
+        """`draw()` for each `(epoch, index)` with torch's generator seeded for that sample;
+        the generator restored once at the end."""
         state = torch.get_rng_state()  # torch.random.fork_rng is ~1 ms; this is ~10 us
         try:
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            return draw()
+            out = []
+            for epoch, index in keys:
+                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+                out.append(draw())
+            return out
         finally:
             torch.set_rng_state(state)
+
+    def _two_stage_items(self, items: list) -> list[tuple]:
+        """A DataLoader batch of the CPU stage (`TwoStageView`s): `__getitem__`'s items bit for
+        bit, with the per-sample Python out of the way of the decodes: every sample's uniforms
+        drawn first (seeded per sample, one save and restore of the generator), one colour
+        tensor for the batch, and the batch plan of each view (`batch_plan`). Drawn between
+        two decodes the same Python costs several times as much (caches; `bench loader`)."""
+        keys, n = [self._key(item) for item in items], len(self.transforms)
+        uniforms = self._seeded_each(keys, lambda: draw_uniforms(n))  # = n draws of 1 view
+        loaded, colours = [], []
+        for (_, index), u in zip(keys, uniforms, strict=True):
+            img, label, skipped = self._load(index)
+            us = [u[v * N_UNIFORMS : (v + 1) * N_UNIFORMS] for v in range(n)]
+            views = [t.view(img, uv) for t, uv in zip(self.transforms, us, strict=True)]
+            loaded.append(([pixels for pixels, _ in views], label, index, skipped))
+            colours.append([colour for _, colour in views])
+        colour = torch.tensor(colours, dtype=torch.float32)  # (B, views, COLOUR_WIDTH)
+        out = [
+            (*({"pixels": p, "colour": c} for p, c in zip(pixels, row, strict=True)), *rest)
+            for (pixels, *rest), row in zip(loaded, colour.unbind(0), strict=True)
+        ]
+        for v in range(n):  # where each drawn op runs on the device
+            batch_plan([sample[v] for sample in out], colour[:, v])
+        return out
 
     def __getitems__(self, items: list) -> list[tuple]:
         """A DataLoader batch. Transforms with `draw`/`apply` (the digits' `DigitView`) draw
         per sample under the sample's seed, as `__getitem__` does, and apply once per batch:
         the same views, several times faster. Other transforms go sample by sample."""
         if all(isinstance(t, TwoStageView) for t in self.transforms):
-            out = [self[item] for item in items]
-            for v in range(len(self.transforms)):  # where each drawn op runs on the device
-                batch_plan([sample[v] for sample in out])
-            return out
+            return self._two_stage_items(items)
         if not all(hasattr(t, "apply") for t in self.transforms):
             return [self[item] for item in items]
         keys = [self._key(item) for item in items]
         loaded = [self._load(index) for _, index in keys]
-        drawn = [
-            self._seeded(epoch, index, lambda: [t.draw() for t in self.transforms])
-            for epoch, index in keys
-        ]
+        drawn = self._seeded_each(keys, lambda: [t.draw() for t in self.transforms])
         images = torch.stack([img for img, _, _ in loaded])
         views = [
             t.apply(images, torch.stack([d[v] for d in drawn])).unbind(0)

@@ -2,12 +2,15 @@
 
 `DecodedFiles` (torchvision's JPEG decoder) gives the pixels `ImageFiles` (PIL) gives, for every
 JPEG colour mode and for the formats it hands to PIL, and fails the way it does; `TwoStageView`
-cuts the reference path's crop box and flip and resizes within one level of PIL's resize
+cuts the reference path's crop box, leaves its flip to the device stage (in the view's vector),
+and resizes within one level of PIL's resize
 (`uint8_resize` row of reference/tolerances.py) for both interpolations, up- and downscaling,
 with torchvision's uint8 kernel called directly (bit-equal to `TF2.resize`).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,15 +20,18 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF2
 
 from reference.tolerances import tol
-from scaled.augment import RECIPES, draw_view
+from scaled.augment import RECIPES, draw_uniforms, draw_view
+from scaled.config import PretrainConfig
 from scaled.data import (
     INTERPOLATIONS,
     UINT8_RESIZE,
     DecodedFiles,
     ImageFiles,
     TwoStageView,
+    pretrain_dataset,
     resize_crop,
 )
+from scaled.jpeg import jpeg_frame
 from scaled.tools.bench.loader import write_jpeg_folder
 from tests.faults.test_run_survival import decompression_bomb_png
 
@@ -114,7 +120,8 @@ def test_direct_uint8_resize_kernel_is_torchvisions_resize(tmp_path, interpolati
 
 @pytest.mark.parametrize("augment", ["byol", "simsiam"])  # bicubic, bilinear
 def test_cpu_stage_crop_and_resize_match_pil(tmp_path, augment):
-    """Same crop box and flip as the PIL path; pixels within the `uint8_resize` row, almost all
+    """Same crop box as the PIL path and its flip in the view's vector (the device stage
+    flips; here `flip(1)` of the HWC view); pixels within the `uint8_resize` row, almost all
     within one level, most equal. Scale 0.08-1 of a 500x375 photo to 224 px upscales small crops
     and downscales large ones."""
     write_jpeg_folder(tmp_path, 1, seed=3)
@@ -124,7 +131,8 @@ def test_cpu_stage_crop_and_resize_match_pil(tmp_path, augment):
     differ, beyond_one = [], []
     for seed in range(12):
         torch.manual_seed(seed)
-        got = view(pixels)["pixels"]
+        out = view(pixels)
+        got = out["pixels"].flip(1) if out["colour"][-1] > 0.5 else out["pixels"]
         want = pil_crop_and_flip(img, view, seed)
         torch.testing.assert_close(got.float() / 255, want.float() / 255, **tol("uint8_resize"))
         levels = (got.int() - want.int()).abs()
@@ -133,4 +141,79 @@ def test_cpu_stage_crop_and_resize_match_pil(tmp_path, augment):
     assert np.mean(differ) < 0.05 and max(beyond_one) < 1e-3, (differ, beyond_one)
     torch.manual_seed(0)
     other = view(pixels)["pixels"].float() / 255
+    flips = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        flips.append(bool(view(pixels)["colour"][-1] > 0.5))
+    assert 0 < sum(flips) < 12  # both kinds were compared
     assert (other - pil_crop_and_flip(img, view, 1).float() / 255).abs().max() > 0.1  # can fail
+
+
+def test_jpeg_frame_reads_the_size_and_components_pil_reads(tmp_path):
+    """`jpeg_frame` (the CPU stage's header check) gives PIL's size and colour mode for every
+    JPEG kind (grey, RGB, CMYK, progressive, with EXIF and a comment before the frame) and
+    None for what it must hand to PIL (not a JPEG, cut before the frame); a frame read from
+    another file is told apart (the check can fail)."""
+    im, paths = photo(size=(130, 70)), []
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate; the frame keeps the stored size
+    for name, img, kw in [
+        ("rgb.jpg", im, {}),
+        ("gray.jpg", im.convert("L"), {}),
+        ("cmyk.jpg", im.convert("CMYK"), {}),
+        ("prog.jpg", im, {"progressive": True}),
+        ("exif.jpg", im, {"exif": exif, "comment": b"x" * 300}),
+    ]:
+        img.save(tmp_path / name, quality=85, **kw)
+        paths.append(tmp_path / name)
+    modes = {1: "L", 3: "RGB", 4: "CMYK"}
+    for path in paths:
+        frame, pil = jpeg_frame(path.read_bytes()), Image.open(path)
+        assert frame is not None and frame.precision == 8, path
+        assert (frame.width, frame.height) == pil.size and modes[frame.components] == pil.mode
+    other = Image.open(paths[0]).resize((131, 70))
+    assert (jpeg_frame(paths[0].read_bytes()).width, 70) != other.size
+    png = tmp_path / "a.png"
+    im.save(png)
+    data = paths[0].read_bytes()
+    sof = max(data.find(b"\xff\xc0"), data.find(b"\xff\xc2"))
+    assert jpeg_frame(png.read_bytes()) is None and jpeg_frame(data[:sof]) is None
+    assert jpeg_frame(b"") is None and jpeg_frame(b"\xff\xd8\xff") is None
+
+
+def test_decoded_files_keep_pils_decompression_bomb_limit_for_jpegs(tmp_path, monkeypatch):
+    """The JPEG path checks the frame's size with PIL's rule: a warning over
+    `Image.MAX_IMAGE_PIXELS`, one line (a ValueError, as for other formats) over twice it."""
+    path = tmp_path / "a.jpg"
+    photo(size=(120, 90)).save(path, quality=90)
+    src = DecodedFiles([(str(path), 0)])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 120 * 90 - 1)
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert src.load(0)[0].shape == (3, 90, 120)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 120 * 90 // 2 - 1)
+    with pytest.raises(ValueError, match="exceeds limit") as err:
+        src.load(0)
+    assert "\n" not in str(err.value)
+
+
+def test_cpu_stage_batches_equal_its_items_bit_for_bit(tmp_path):
+    """`__getitems__` (what a worker calls: the uniforms of the whole batch drawn first, in one
+    draw per sample, one colour tensor) gives `__getitem__`'s views, vectors and labels bit for
+    bit and leaves torch's generator as it was; one draw of both views' uniforms equals two."""
+    write_jpeg_folder(tmp_path, 10, seed=2, size=(160, 120))
+    cfg = replace(PretrainConfig(), data_dir=str(tmp_path), image_size=64)
+    ds = pretrain_dataset(cfg, two_stage=True)[0]
+    items = [(2, i) for i in (3, 1, 4, 1, 5, 9)]
+    state = torch.get_rng_state()
+    batch = ds.__getitems__(items)
+    assert torch.equal(torch.get_rng_state(), state)
+    for got, want in zip(batch, (ds[item] for item in items), strict=True):
+        assert got[2:] == want[2:]
+        for v in range(2):
+            assert torch.equal(got[v]["pixels"], want[v]["pixels"])
+            assert torch.equal(got[v]["colour"], want[v]["colour"])
+    assert not torch.equal(batch[0][0]["colour"], batch[1][0]["colour"])
+    torch.manual_seed(7)
+    one = draw_uniforms(2)
+    torch.manual_seed(7)
+    assert one == draw_uniforms() + draw_uniforms()

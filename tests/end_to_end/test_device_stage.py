@@ -38,6 +38,8 @@ def batches(tmp_path_factory) -> list[dict]:
 def reference(pixels: torch.Tensor, p: dict[str, torch.Tensor], kernel: int) -> torch.Tensor:
     """One sample through torchvision's tensor ops with its parameters, in the reference order."""
     x = pixels.permute(2, 0, 1).float() / 255
+    if p["flip"]:
+        x = TF.hflip(x)
     if p["jitter"]:
         for k in p["order"].tolist():
             x = TV_OPS[k](x, float(p["factors"][k]))
@@ -64,7 +66,8 @@ def test_each_sample_gets_torchvisions_ops_with_its_own_parameters(batches, plan
         out = A.device_stage(batch if plan else without_plan(batch), CPU, FMT)
         fields = A.colour_fields(batch["colour"])
         drawn = A.drawn_ops(fields)
-        assert 0 < int(drawn[:, 0].sum()) or int(drawn[:, 3:].sum()) > 0  # ops are drawn
+        assert 0 < int(drawn[:, 0].sum()) < len(out)  # flipped and unflipped samples
+        assert 0 < int(drawn[:, 1].sum()) or int(drawn[:, 4:].sum()) > 0  # ops are drawn
         for i in range(len(out)):
             p = {k: v[i] for k, v in fields.items()}
             torch.testing.assert_close(out[i], reference(batch["pixels"][i], p, kernel),

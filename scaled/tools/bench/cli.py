@@ -129,15 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("loader", parents=[common], help="CPU loaders per core, device stage")
     p.add_argument("--data-dir", default="", help="ImageFolder root with train/ (default: JPEGs)")
-    p.add_argument("--images", type=_positive_int, default=96, help="images to time per setting")
+    p.add_argument("--images", type=_positive_int, default=256, help="images to time per setting")
     p.add_argument("--workers", type=_int_list, default=[1, 2], help="worker counts, e.g. 1,2")
     p.add_argument("--image-size", type=_positive_int, default=224, help="crop size")
     p.add_argument(
         "--device-batch", type=_positive_int, default=64, help="device stage batch (per view)"
     )
     p.add_argument(
-        "--plan-batch", type=_positive_int, default=64, help="DataLoader batch of the plan's cost"
+        "--batch", type=_positive_int, default=16, help="DataLoader batch timed per pipeline"
     )
+    p.add_argument("--rounds", type=_positive_int, default=2, help="timed passes over the images")
 
     p = sub.add_parser("profile", parents=[common], help="torch.profiler of one MINC step")
     p.add_argument("--top", type=_positive_int, default=15, help="rows of the operator table")

@@ -4,9 +4,10 @@ time, bytes and estimated share of a GPU step, measured side by side in one run.
 Per core (one process, one torch thread, every pipeline interleaved image by image over the same
 files, so a slow-down of the shared machine hits all alike):
 
-- decode only: PIL (`ImageFiles.load`, today's loader's) and torchvision's JPEG decoder
-  (`DecodedFiles.load`, the CPU stage's);
-- the floor: torchvision's decode + the two crop-resizes to the view size with the CPU stage's
+- decode only: PIL (`ImageFiles.load`, today's loader's) and torchvision's JPEG decoder alone
+  (`decode_file`: read the file, `decode_jpeg`; the CPU stage's `DecodedFiles.load` adds its
+  header checks to this);
+- the floor: `decode_file` + the two crop-resizes to the view size with the CPU stage's
   boxes (drawn before timing) and filter (torchvision's antialiased uint8 kernel), nothing else:
   the work no two-view pipeline can avoid;
 - today's loader (`--loader torch`: PIL decode and torchvision's PIL ops, `ReferenceView`);
@@ -89,21 +90,33 @@ def write_jpeg_folder(root: Path, n_images: int, seed: int, size: tuple[int, int
 # --------------------------------------------------------------------------- CPU pipelines
 
 
-class DecodeOnly:
-    """A source's `load` alone: `ImageFiles` (PIL decode to RGB, today's loader) or
-    `DecodedFiles` (torchvision's JPEG decoder, the CPU stage)."""
+def decode_file(path: str) -> torch.Tensor:
+    """A JPEG file's uint8 (3, H, W) pixels by torchvision's decoder, nothing else (no header
+    checks, no fallback): the decode under the floor."""
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    def __init__(self, source) -> None:
-        self.source = source
+    with open(path, "rb") as fh:
+        data = torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
+    return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+
+class DecodeOnly:
+    """A source's `load` alone (`ImageFiles`: PIL decode to RGB, today's loader), or with
+    `raw` torchvision's JPEG decoder alone on its files (`decode_file`)."""
+
+    def __init__(self, source, raw: bool = False) -> None:
+        self.source, self.raw = source, raw
 
     def __getitem__(self, item):
+        if self.raw:
+            return decode_file(self.source.samples[item[1]][0])
         return self.source.load(item[1])
 
 
 class Floor:
-    """torchvision's decode + the two crop-resizes of the CPU stage (`two_stage`, a two-stage
-    `ViewsDataset`), with the boxes it draws for epoch `epoch` (drawn here, before timing) and
-    its resize kernel: the floor under every two-view pipeline."""
+    """torchvision's decode alone (`decode_file`) + the two crop-resizes of the CPU stage
+    (`two_stage`, a two-stage `ViewsDataset`), with the boxes it draws for epoch `epoch` (drawn
+    here, before timing) and its resize kernel: the floor under every two-view pipeline."""
 
     def __init__(self, two_stage, n: int, epoch: int = 1) -> None:
         from scaled.augment import draw_view
@@ -122,47 +135,45 @@ class Floor:
             self.boxes[i] = two_stage._seeded(epoch, i, draw)
 
     def __getitem__(self, item):
-        img = self.source.load(item[1])[0]
+        img = decode_file(self.source.samples[item[1]][0])
         boxes = self.boxes[item[1]]
         return [self.resize_crop(img, b, s, k) for b, (s, k) in zip(boxes, self.views, strict=True)]
 
 
-def time_in_process(datasets: dict[str, Any], n: int, quartiles: dict | None = None) -> dict:
-    """Images/s of each dataset's `__getitem__` in this process: 1 / the median over the images
-    of its seconds per image (the median: a time slice lost to another process on the shared
-    machine lands in one image's time, not in the rate), the pipelines interleaved image by
-    image in a new random order each image (seeded): what runs just before a pipeline, and
-    leaves the caches in its state, is each of the others equally often (in a fixed order,
-    the floor would always follow the decode of the same file and gain from its warm caches)."""
+def time_in_process(
+    datasets: dict[str, Any], n: int, batch: int, rounds: int = 2, quartiles: dict | None = None
+) -> dict:
+    """Images/s of each pipeline in this process, a DataLoader batch at a time: a dataset with
+    `__getitems__` (`ViewsDataset`: what a DataLoader worker calls, the batch plan included)
+    gets the batch's items in one call, any other one item by item. The rate is 1 / the median
+    over the batches of its seconds per image (the median: a time slice lost to another
+    process on the shared machine lands in one batch's time, not in the rate). The pipelines
+    are interleaved batch by batch over the same `batch` images in a new random order each
+    batch (seeded): what runs just before a pipeline, and leaves the caches in its state, is
+    each of the others equally often. `rounds` passes over the `n` images."""
     seconds: dict[str, list[float]] = {name: [] for name in datasets}
+
+    def call(ds, items):
+        if hasattr(ds, "__getitems__"):
+            return ds.__getitems__(items)
+        return [ds[item] for item in items]
+
     for ds in datasets.values():
-        ds[(1, 0)]  # warm-up (imports, first decode): not timed
+        call(ds, [(1, 0)])  # warm-up (imports, first decode): not timed
     names, rng = list(datasets), np.random.default_rng(0)
-    for i in range(n):
-        for name in rng.permutation(names):
-            ds = datasets[name]
-            t0 = time.perf_counter()
-            ds[(1, i)]
-            seconds[name].append(time.perf_counter() - t0)
+    for _ in range(rounds):
+        for start in range(0, n - batch + 1, batch):
+            items = [(1, i) for i in range(start, start + batch)]
+            for name in rng.permutation(names):
+                t0 = time.perf_counter()
+                call(datasets[name], items)
+                seconds[name].append((time.perf_counter() - t0) / batch)
     if quartiles is not None:  # ms per image: 25%, 50%, 75% (how spread the timings were)
         quartiles |= {
             k: [1e3 * float(q) for q in np.quantile(v, [0.25, 0.5, 0.75])]
             for k, v in seconds.items()
         }
     return {name: 1.0 / float(np.median(s)) for name, s in seconds.items()}
-
-
-def plan_seconds_per_image(two_stage, batch: int, reps: int = 5) -> float:
-    """Seconds per image of the CPU stage's batch plan (`scaled.augment.batch_plan`, once per
-    view and DataLoader batch of `batch` images, in the worker), amortised over the batch."""
-    from scaled.augment import batch_plan
-
-    views = [two_stage[(1, i % len(two_stage))][:2] for i in range(batch)]
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        for v in range(2):
-            batch_plan([dict(view[v]) for view in views])
-    return (time.perf_counter() - t0) / reps / batch
 
 
 def dali_available() -> bool:
@@ -563,6 +574,7 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     env = environment(device.type)
     n_images = 8 if args.quick else args.images
+    args.rounds = 1 if args.quick else args.rounds
     batch = 8 if args.quick else args.device_batch
     workers = [1] if args.quick else args.workers
     with tempfile.TemporaryDirectory() as tmp:
@@ -572,15 +584,13 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
         cfg = replace(PretrainConfig(), data_dir=str(data_dir), image_size=args.image_size)
         ref, two = (pretrain_dataset(cfg, two_stage=k)[0] for k in (False, True))
         n = min(len(ref), n_images)
-        datasets = {"decode": DecodeOnly(ref.source), "decode_tv": DecodeOnly(two.source)}
+        datasets = {"decode": DecodeOnly(ref.source), "decode_tv": DecodeOnly(two.source, True)}
         datasets |= {"floor": Floor(two, n), "torch": ref, "device": two}
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             quartiles: dict[str, list[float]] = {}
-            per_core = time_in_process(datasets, n, quartiles)
-            plan = plan_seconds_per_image(two, args.plan_batch)
-            per_core["device"] = 1.0 / (1.0 / per_core["device"] + plan)  # + the batch plan
+            per_core = time_in_process(datasets, n, min(args.batch, n), args.rounds, quartiles)
             files = [two.source.samples[i][0] for i in range(n)]
             dali = time_dali_cpu(files, args.image_size, crop_scale_min(cfg))
         finally:
@@ -614,8 +624,8 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
         "data": source,
         "image_size": args.image_size,
         "gpu_rate": GPU_RATE,
-        "plan_batch": args.plan_batch,
-        "plan_us_per_image": 1e6 * plan,
+        "batch": min(args.batch, n),
+        "rounds": args.rounds,
     }
     print(loader_tables(record))
     write_json(args.output_dir, "loader", record)
@@ -633,7 +643,7 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
 
 PIPELINES = {  # per_core key -> row name
     "decode": "decode only, PIL (`ImageFiles.load`)",
-    "decode_tv": "decode only, torchvision (`DecodedFiles.load`)",
+    "decode_tv": "decode only, torchvision (`decode_file`: read + `decode_jpeg`)",
     "floor": "**floor**: torchvision decode + two crop-resizes (same boxes, same filter)",
     "torch": "today's loader (`--loader torch`)",
     "device": "CPU stage (`--loader device`)",
@@ -844,15 +854,16 @@ def loader_notes(record: dict[str, Any]) -> str:
     h = record["h100"]
     return f"""
 On {s["data"]}, {s["image_size"]} px, two views per image. "Per core": one process and one
-torch thread calls each pipeline per image, all interleaved image by image over the same files
-(in a new random order each image); a rate is 1 / the median of its seconds per image.
-The floor is torchvision's decode plus the two crop-resizes with the CPU stage's boxes (drawn
-before timing) and filter (torchvision's antialiased uint8 kernel), nothing else. Today's loader
-(`--loader torch`) decodes with PIL and runs BYOL's augmentations with torchvision's PIL ops; the
-CPU stage (`--loader device`) draws each view's parameters once, crops, resizes and flips to
-uint8 views and hands them with their colour vectors and the batch plan to the device stage
-(the plan, once per DataLoader batch, is timed apart at {s.get("plan_batch", 64)} images and
-added per image: {s.get("plan_us_per_image", 0):.0f} us). {dali}
+torch thread calls each pipeline a DataLoader batch of {s.get("batch", 16)} images at a time,
+all interleaved batch by batch over the same files (in a new random order each batch,
+{s.get("rounds", 1)} passes); a rate is 1 / the median of its seconds per image. Decode only
+(torchvision) is `decode_file`: read the file, `decode_jpeg`, nothing else. The floor is that
+decode plus the two crop-resizes with the CPU stage's boxes (drawn before timing) and filter
+(torchvision's antialiased uint8 kernel), nothing else. Today's loader (`--loader torch`)
+decodes with PIL and runs BYOL's augmentations with torchvision's PIL ops; the CPU stage
+(`--loader device`, `ViewsDataset.__getitems__` as a worker calls it) reads each JPEG's frame
+header, decodes, draws each view's parameters once, crops and resizes to uint8 views and hands
+them with their flip and colour vectors and the batch plan to the device stage. {dali}
 Issue 31's targets: the CPU stage >= 0.9 x the floor and >= 250 images/s per core.
 
 The device stage rows: this version (`scaled.augment.device_stage`, eager; compiled where
