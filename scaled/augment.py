@@ -444,12 +444,12 @@ def _colour(pixels, flip, apply, order, factors, dtype: torch.dtype) -> torch.Te
     return color_jitter(torch.where(_per_sample(flip), x.flip(-1), x), apply, order, factors)
 
 
-def _finish(x, gray, solar, scale, shift, memory_format: torch.memory_format) -> torch.Tensor:
-    """Grayscale and solarize where drawn (selects), normalise to float32 in the network's
-    memory format: the region after the blur."""
+def _finish(x, gray, solar, scale, shift, memory_format, out_dtype: torch.dtype) -> torch.Tensor:
+    """Grayscale and solarize where drawn (selects), normalise (in float32) to `out_dtype` in
+    the network's memory format: the region after the blur."""
     x = torch.where(_per_sample(gray), grayscale(x).expand_as(x), x)
     x = torch.where(_per_sample(solar), solarize(x), x)
-    return torch.addcmul(shift, x, scale).contiguous(memory_format=memory_format)
+    return torch.addcmul(shift, x, scale).to(out_dtype).contiguous(memory_format=memory_format)
 
 
 @functools.cache
@@ -472,10 +472,14 @@ def augment_batch(
     dtype: torch.dtype | None = None,
     compile: bool | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    out_dtype: torch.dtype = torch.float32,
     on_phase=None,
 ) -> torch.Tensor:
     """uint8 views (B, 3, H, W), any memory format, + their per-sample parameters (named as
-    `colour_fields`, or the packed `colour` vectors) -> normalised float32 views.
+    `colour_fields`, or the packed `colour` vectors) -> normalised views in `out_dtype`
+    (float32; the run's autocast dtype when it has one: the network's first convolution casts
+    its input to it anyway, and the stage then writes half the bytes; the same values, the
+    normalisation computed in float32 and rounded once, tested).
 
     The horizontal flip, colour jitter (each sample's four ops once each, in its drawn order),
     the blur, grayscale,
@@ -500,7 +504,7 @@ def augment_batch(
             x = _compiled(_colour)(pixels, p["flip"], p["jitter"], p["order"], p["factors"], dtype)
             x = blur_where_drawn(x, p)
             args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
-            return _compiled(_finish)(x, *args)
+            return _compiled(_finish)(x, *args, out_dtype)
         except Exception as err:  # noqa: BLE001  a compiler failure: eager from now on
             if compile:
                 raise
@@ -519,12 +523,18 @@ def augment_batch(
     phase("finish")
     x = where_drawn(x, p, "gray", p["gray"], lambda s, i: grayscale(s).expand_as(s).contiguous())
     x = where_drawn(x, p, "solarize", p["solarize"], lambda s, i: solarize(s))
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=memory_format)
-    return torch.addcmul(consts["shift"], x, consts["scale"], out=out)
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=memory_format)
+    return torch.addcmul(consts["shift"], x, consts["scale"], out=out)  # in float32, rounded
 
 
-def device_stage(view, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
-    """A loader's view batch on `device`, ready for the network.
+def device_stage(
+    view,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """A loader's view batch on `device`, ready for the network (in `out_dtype`, the run's
+    autocast dtype, when the stage computes it; float32 when None).
 
     A tensor (the torch and DALI loaders: already augmented) is only moved; a dict (the two-stage
     loader: uint8 `pixels` (B, H, W, 3), cropped and resized, the flip and colour vectors
@@ -535,4 +545,4 @@ def device_stage(view, device: torch.device, memory_format: torch.memory_format)
     moved = {k: v.to(device, non_blocking=True) for k, v in view.items()}
     fmt = torch.contiguous_format if memory_format == torch.preserve_format else memory_format
     pixels = moved.pop("pixels").permute(0, 3, 1, 2)  # (B, H, W, 3) -> channels-last (B, 3, H, W)
-    return augment_batch(pixels, moved, memory_format=fmt)
+    return augment_batch(pixels, moved, memory_format=fmt, out_dtype=out_dtype or torch.float32)

@@ -250,7 +250,7 @@ def train_step(run: RunState, micro_batches) -> dict[str, torch.Tensor]:
     n = len(micro_batches)
     run.optimizer.zero_grad(set_to_none=True)
     for k, (x1, x2, labels, *_, skipped) in enumerate(micro_batches):
-        x1, x2 = (device_stage(v, run.device, run.memory_format) for v in (x1, x2))
+        x1, x2 = (device_stage(v, run.device, run.memory_format, run.amp_dtype) for v in (x1, x2))
         labels = labels.to(run.device, non_blocking=True)
         sync = k == n - 1 or run.world == 1
         with contextlib.nullcontext() if sync else run.online.no_sync():

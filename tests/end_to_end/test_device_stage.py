@@ -182,6 +182,28 @@ def test_compiled_stage_equals_eager(batches):
     eager = A.augment_batch(pixels, params, compile=False)
     compiled = A.augment_batch(pixels, params, compile=True)
     torch.testing.assert_close(compiled, eager, **tol("float32"))
+    half = A.augment_batch(pixels, params, compile=True, out_dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, compiled.bfloat16())
+
+
+def test_autocast_dtype_output_is_the_float32_output_rounded_once(batches):
+    """With the run's autocast dtype as `out_dtype` (what `train_step` passes) the stage
+    writes the float32 views rounded once, bit for bit: what the network's first convolution
+    made of the float32 views under autocast; in the requested memory format. The check can
+    fail: rounding another sample's views differs."""
+    for batch in batches:
+        pixels = batch["pixels"].permute(0, 3, 1, 2)
+        params = {k: v for k, v in batch.items() if k != "pixels"}
+        f32 = A.augment_batch(pixels, params, memory_format=torch.channels_last)
+        for dtype in (torch.bfloat16, torch.float16):
+            out = A.augment_batch(
+                pixels, params, memory_format=torch.channels_last, out_dtype=dtype
+            )
+            assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(out, f32.to(dtype))
+            assert not torch.equal(out, f32.roll(1, 0).to(dtype))
+        x, ref = A.device_stage(batch, CPU, FMT, torch.bfloat16), A.device_stage(batch, CPU, FMT)
+        assert x.dtype == torch.bfloat16 and torch.equal(x, ref.bfloat16())
 
 
 def test_a_compiler_failure_falls_back_to_eager_once(batches, monkeypatch, capsys):

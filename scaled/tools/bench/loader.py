@@ -63,8 +63,9 @@ H100 = {
     "card": "NVIDIA H100 SXM5 80 GB",
     "memory_bytes_per_s": 3.35e12,
     "bf16_dense_flops_per_s": 989.4e12,
+    "fp32_flops_per_s": 67e12,
     "source": "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM: GPU memory bandwidth 3.35 TB/s; "
-    "BF16 Tensor Core 1,979 teraFLOPS with sparsity, 989.4 dense)",
+    "BF16 Tensor Core 1,979 teraFLOPS with sparsity, 989.4 dense; FP32 67 teraFLOPS)",
 }
 RECORD = "bench_loader.json"  # under docs/results/
 
@@ -275,6 +276,7 @@ def _stages(device: torch.device, compiled: bool) -> dict[str, Any]:
     from scaled.tools.bench.device_stage_v1 import augment_batch as augment_v1
 
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    out_dtype = torch.bfloat16 if device.type == "cuda" else None  # as a run's --amp auto
 
     def v1(view):
         pixels, fields = _v1_inputs(view)
@@ -283,12 +285,13 @@ def _stages(device: torch.device, compiled: bool) -> dict[str, Any]:
     def this_compiled(view):
         moved = {k: t.to(device, non_blocking=True) for k, t in view.items()}
         pixels = moved.pop("pixels").permute(0, 3, 1, 2)
-        return augment_batch(pixels, moved, compile=True, memory_format=fmt)
+        out = out_dtype or torch.float32
+        return augment_batch(pixels, moved, compile=True, memory_format=fmt, out_dtype=out)
 
-    out = {"v1": v1, "this": lambda view: device_stage(view, device, fmt)}
+    stages = {"v1": v1, "this": lambda view: device_stage(view, device, fmt, out_dtype)}
     if compiled:
-        out["this, compiled"] = this_compiled
-    return out
+        stages["this, compiled"] = this_compiled
+    return stages
 
 
 def time_device_stage(
@@ -373,12 +376,15 @@ def _unique_bytes(t: torch.Tensor) -> int:
 class ByteCounter(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts, per aten op, the bytes of its tensor inputs (read) and outputs (written), under
     the phase label `phase`; ops that only make views are free. A lower bound of an eager op's
-    memory traffic (each input read once, each output written once)."""
+    memory traffic (each input read once, each output written once). `ops` counts arithmetic:
+    one operation per element of an op's largest operand (2 x taps per output element of a
+    convolution), a rough count of the stage's work, not of its instructions."""
 
     def __init__(self) -> None:
         super().__init__()
         self.phase = "stage"
         self.rows: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -395,14 +401,46 @@ class ByteCounter(torch.utils._python_dispatch.TorchDispatchMode):
             ins, outs = [args[2], args[3]], [args[3]]
         row[1] += sum(_unique_bytes(t) for t in ins if isinstance(t, torch.Tensor))
         row[2] += sum(_unique_bytes(t) for t in outs if isinstance(t, torch.Tensor))
+        tensors = [t for t in ins + outs if isinstance(t, torch.Tensor)]
+        if name == "convolution":
+            self.ops += 2 * args[1][0].numel() * outs[0].numel()
+        elif name not in COPY_OPS and tensors:
+            self.ops += max(t.numel() for t in tensors)
         return out
+
+
+COPY_OPS = {  # move or make data, no arithmetic
+    *("_to_copy", "copy_", "clone", "index_select", "index_copy_", "reflection_pad2d"),
+    *("ones", "zeros", "full", "arange", "ones_like", "zeros_like", "full_like", "scalar_tensor"),
+}
+
+
+def count_stage_ops(batch: int = STEP_BATCH, image_size: int = 224, dtype=torch.bfloat16) -> int:
+    """Arithmetic of the compiled stage (`ByteCounter.ops`) for one step's two views, on the
+    meta device: its compiled regions' ops run eager (`_colour`, `_finish`: selects on the
+    whole batch, every jitter op at every position, hue included) and the blur where drawn,
+    as `augment_batch` calls them when it compiles."""
+    from scaled import augment as A
+
+    counter, c = ByteCounter(), A._constants(torch.device("meta"), torch.float32)
+    with counter:
+        for v in synthetic_views(batch, image_size):
+            p = {k: t.to("meta") for k, t in v.items()}
+            pixels = p.pop("pixels").permute(0, 3, 1, 2)
+            p = {**A.colour_fields(p["colour"]), **p}
+            x = A._colour(pixels, p["flip"], p["jitter"], p["order"], p["factors"], dtype)
+            x = A.blur_where_drawn(x, p)
+            fmt = torch.channels_last
+            A._finish(x, p["gray"], p["solarize"], c["scale"], c["shift"], fmt, dtype)
+    return counter.ops
 
 
 def count_stage_bytes(
     batch: int = STEP_BATCH, image_size: int = 224, dtype=torch.bfloat16
 ) -> dict[str, Any]:
     """Bytes each eager op of the device stage reads and writes for one step's two views of
-    `batch` images in `dtype` (CUDA's), on the meta device (shapes only, no arithmetic), the
+    `batch` images in `dtype` (CUDA's, the stage's and its output's, as a run with `--amp auto`
+    has them), on the meta device (shapes only, no arithmetic), the
     host-to-device copy of the uint8 views and colour vectors included; per phase (colour =
     jitter + grayscale, blur, finish = solarize + normalise) and per op."""
     from scaled import augment as A
@@ -425,6 +463,7 @@ def count_stage_bytes(
                 dtype=dtype,
                 compile=False,
                 memory_format=torch.channels_last,
+                out_dtype=dtype,  # a CUDA run's autocast dtype (--amp auto: bf16)
                 on_phase=phase,
             )
     ops = [
@@ -480,12 +519,11 @@ def fused_stage_bytes(eager: dict[str, Any], small_batch: int = 8) -> dict[str, 
     torch._inductor.config.fx_graph_cache = False  # a cache hit skips the count
     torch._inductor.config.autotune_local_cache = False
     try:  # both views have the same shapes and (selects) the same kernels: compile one
-        p = {**A.colour_fields(views[0]["colour"]), **views[0]}
+        p = dict(views[0])
         pixels = p.pop("pixels").permute(0, 3, 1, 2)
-        colour, finish = A._compiled(A._colour), A._compiled(A._finish)
-        x = colour(pixels, p["jitter"], p["order"], p["factors"], dtype)
-        c = A._constants(torch.device("cpu"), torch.float32)
-        finish(x, p["gray"], p["solarize"], c["scale"], c["shift"], torch.channels_last)
+        # the compiled stage as CUDA runs it; only its compiled regions enter inductor's count
+        fmt = torch.channels_last
+        A.augment_batch(pixels, p, dtype=dtype, compile=True, memory_format=fmt, out_dtype=dtype)
         compiled = metrics.num_bytes_accessed * len(views) * batch / small_batch
     finally:
         torch._logging.set_logs()
@@ -548,13 +586,18 @@ def step_flops(batch: int = STEP_BATCH, image_size: int = 224, measured_batch: i
     }
 
 
-def h100_share(stage_bytes: float, flops: float) -> dict[str, float]:
-    """The stage's time at the H100's memory bandwidth and the step's at its dense bf16 rate;
-    the stage's share of stage + step."""
-    t_stage = stage_bytes / H100["memory_bytes_per_s"]
+def h100_share(stage_bytes: float, flops: float, stage_ops: float = 0.0) -> dict[str, float]:
+    """The stage's time on an H100, the longer of its bytes at the memory bandwidth and its
+    arithmetic (`count_stage_ops`) at the FP32 rate (a roofline: the pointwise ops compute in
+    float32 whatever they store), and the step's at its dense bf16 rate; the stage's share of
+    stage + step."""
+    t_bytes = stage_bytes / H100["memory_bytes_per_s"]
+    t_stage = max(t_bytes, stage_ops / H100["fp32_flops_per_s"])
     t_step = flops / H100["bf16_dense_flops_per_s"]
     return {
         "stage_ms": 1000 * t_stage,
+        "bytes_ms": 1000 * t_bytes,
+        "ops_ms": 1000 * stage_ops / H100["fp32_flops_per_s"],
         "step_ms": 1000 * t_step,
         "share": t_stage / (t_stage + t_step),
     }
@@ -610,15 +653,17 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
     eager = count_stage_bytes(8 if args.quick else STEP_BATCH, args.image_size)
     fused = None if args.quick else fused_stage_bytes(eager)
     flops = step_flops(8 if args.quick else STEP_BATCH, args.image_size)
+    ops = count_stage_ops(8 if args.quick else STEP_BATCH, args.image_size)
     share = {"eager": h100_share(eager["bytes"], flops["flops"])}
     if fused is not None:
-        share["compiled"] = h100_share(fused["bytes"], flops["flops"])
-        share["compiled_gpu"] = h100_share(fused["bytes_gpu"], flops["flops"])
+        share["compiled"] = h100_share(fused["bytes"], flops["flops"], ops)
+        share["compiled_gpu"] = h100_share(fused["bytes_gpu"], flops["flops"], ops)
     source = args.data_dir or f"{n_images} generated 500x375 JPEGs (quality 90)"
     record = {"benchmark": "loader", "env": finished(env), "command": args.command_line}
     record |= {"per_core": per_core, "per_image_ms_quartiles": quartiles}
     record |= {"device_stage": stage, "dataloader": dl}
     record |= {"stage_bytes": eager, "stage_bytes_compiled": fused, "step_flops": flops}
+    record["stage_ops_compiled"] = ops
     record |= {"h100_share": share, "h100": H100}
     record["settings"] = {
         "data": source,
@@ -654,44 +699,35 @@ PIPELINES = {  # per_core key -> row name
 def share_table(record: dict[str, Any]) -> str:
     """The device stage's bytes and its estimated H100 share of a step (eager and compiled)."""
     eb, fl, share = record["stage_bytes"], record["step_flops"], record["h100_share"]
-    rows = [
-        [
-            "eager ops (TorchDispatchMode count)",
-            f"{eb['bytes'] / 1e9:.2f}",
-            f"{share['eager']['stage_ms']:.2f}",
-            f"{share['eager']['step_ms']:.1f}",
-            f"{100 * share['eager']['share']:.1f}%",
-        ]
-    ]
     fused = record.get("stage_bytes_compiled")
+    rows = [("eager", "eager ops (TorchDispatchMode count)", eb["bytes"])]
     if fused:
-        for key, name, b in (
+        rows += [
             ("compiled", "compiled (inductor's count on this CPU) + blur, copy", fused["bytes"]),
             (
                 "compiled_gpu",
                 "the same + one read per jitter position (GPU mean kernels)",
                 fused["bytes_gpu"],
             ),
-        ):
-            c = share[key]
-            rows.append(
-                [
-                    name,
-                    f"{b / 1e9:.2f}",
-                    f"{c['stage_ms']:.2f}",
-                    f"{c['step_ms']:.1f}",
-                    f"{100 * c['share']:.1f}%",
-                ]
-            )
+        ]
+
+    def cells(key: str, name: str, moved: float) -> list[str]:
+        c = share[key]
+        ops = f"{c['ops_ms']:.2f}" if c.get("ops_ms") else "-"
+        bytes_ms = c.get("bytes_ms", c["stage_ms"])
+        return [name, f"{moved / 1e9:.2f}", f"{bytes_ms:.2f}", ops, f"{c['step_ms']:.1f}",
+                f"{100 * c['share']:.1f}%"]  # fmt: skip
+
     return markdown_table(
         [
             f"device stage at {eb['batch']} images per GPU, {eb['dtype'].split('.')[-1]}",
             "GB moved",
-            "ms at 3.35 TB/s",
+            "bytes ms at 3.35 TB/s",
+            "ops ms at 67 TFLOPS FP32",
             f"step ms at 989 TFLOPS ({fl['flops'] / 1e12:.1f} TFLOP)",
-            "share of the step",
+            "share of the step (the longer of bytes and ops)",
         ],
-        rows,
+        [cells(*row) for row in rows],
     )
 
 
@@ -820,11 +856,24 @@ def reading(record: dict[str, Any]) -> str:
             "the version before issue 31 in the same run (target >= 3x)."
         )
     if "this, compiled" in st["ms"]:
+        slower = st["ms"]["this, compiled"] > st["ms"]["this"]
         parts.append(
-            f"Compiled on this CPU it takes {st['ms']['this, compiled']:.0f} ms: slower than "
-            "eager here, so the CPU runs it eager (`STAGE_COMPILE`)."
-        )
+            f"Compiled on this CPU it takes {st['ms']['this, compiled']:.0f} ms: "
+            + ("slower than eager here, as `STAGE_COMPILE` (eager on a CPU) assumes."
+               if slower else "faster than eager here, which `STAGE_COMPILE` (eager on a CPU) "
+               "does not use: a finding against that default.")
+        )  # fmt: skip
     if "compiled" in share:
+        ops_ms = share["compiled"].get("ops_ms")
+        if ops_ms is not None:
+            parts.append(
+                f"Its arithmetic ({record['stage_ops_compiled'] / 1e9:.0f} G operations) takes "
+                f"{ops_ms:.2f} ms at the FP32 rate against {share['compiled']['bytes_ms']:.2f} ms "
+                "for its bytes: "
+                + ("memory-bound, so the bytes set its time."
+                   if ops_ms < share["compiled"]["bytes_ms"] else "compute-bound: the "
+                   "arithmetic sets its time.")
+            )  # fmt: skip
         parts.append(
             f"Its estimated share of an H100 step at 512 images per GPU: "
             f"{100 * share['eager']['share']:.1f}% eager, {100 * share['compiled']['share']:.1f}% "
