@@ -196,11 +196,11 @@ class PretrainConfig:
     loader: str = option(
         "data",
         "auto",
-        "auto (ImageFolder: device on CUDA, the faster one measured on CPU, docs/results.md; "
-        "digits: torch) | torch (DataLoader, decode and augment on the CPU: the reference) | "
-        "device (two stages: CPU workers decode, crop and flip to uint8, the device applies the"
-        " colour ops batched; ImageFolder only) | dali (GPU decode + augment; needs CUDA and "
-        'pip install ".[dali]"; mid-epoch resume restarts the epoch)',
+        "auto (ImageFolder: device on CUDA, torch on a CPU; digits: torch) | torch "
+        "(DataLoader, decode and augment on the CPU: the reference) | device (two stages: CPU "
+        "workers decode and crop to uint8, the device flips and applies the colour ops "
+        "batched; ImageFolder only) | dali (GPU decode + augment, BYOL views; "
+        'pip install ".[dali]"; runs on a CPU too, slowly)',
         choices=LOADERS,
     )
     num_workers: int = option(

@@ -860,15 +860,17 @@ def eval_in_channels(cfg) -> int:
     return 3 if cfg.data_dir else 1
 
 
-# Which loader `--loader auto` picks on a CPU for ImageFolder data: the faster one measured by
-# `python -m scaled.tools.bench loader` (docs/results.md, "Input pipeline").
+# Which loader `--loader auto` picks on a CPU for ImageFolder data: the reference path. Its work
+# runs in the DataLoader workers, beside the step; the two-stage path's device stage would run
+# in the training process, between steps (per image it costs less CPU in all: `bench loader`,
+# docs/results.md, "Input pipeline"; `--loader device` chooses it).
 CPU_IMAGEFOLDER_LOADER = "torch"
 
 
 def resolved_loader(cfg, device_type: str) -> str:
     """The loader a run uses: `--loader` itself, or for `auto` the embedded digits' torch loader
-    (no colour stage), and on ImageFolder data the two-stage `device` loader on CUDA and the
-    measured faster one on a CPU."""
+    (no colour stage), and on ImageFolder data the two-stage `device` loader on CUDA and
+    `CPU_IMAGEFOLDER_LOADER` on a CPU."""
     if cfg.loader != "auto":
         return cfg.loader
     if not cfg.data_dir:
