@@ -100,7 +100,11 @@ def test_sizing_check_catches_a_wrong_script():
     script, docs = (SCRIPTS / "pretrain.sbatch").read_text(), DOCS.read_text()
     assert sizing_errors(script.replace("--cpus-per-task=40", "--cpus-per-task=64"), docs)
     assert sizing_errors(script.replace("WORKERS_PER_GPU=4", "WORKERS_PER_GPU=8"), docs)
-    assert sizing_errors(script, docs.replace("| 0.88 | 3.5 |", "| 0.88 | 12.0 |"))
+    _, _, cores = loader_cores_per_gpu(docs)
+    row = re.search(r"^\| CPU stage \(`--loader device`\) .*$", docs, re.M).group(0)
+    slower = row.replace(f"| {cores} |", "| 12.0 |")  # a CPU stage 4x slower: more workers
+    assert slower != row and loader_cores_per_gpu(docs.replace(row, slower))[2] == 12.0
+    assert sizing_errors(script, docs.replace(row, slower))
 
 
 # --------------------------------------------------------------------------- running them
