@@ -38,7 +38,7 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP) ## CPU benchmarks (losses, variance, step, loader): JSON in runs/bench, tables into docs/results.md
+bench: $(STAMP) ## CPU benchmarks (losses, variance, step, loader): JSON in runs/bench and docs/results/, tables into docs/
 	$(PY) -m scaled.tools.bench all --output-dir runs/bench --write-docs
 
 notebooks: $(STAMP) ## build notebooks/*.ipynb from their jupytext .py pairs

@@ -23,17 +23,7 @@ from pathlib import Path
 from scaled.errors import UserError
 from scaled.tools.provenance import checkout_root, markers
 
-BENCH_STALE = (
-    "the bench tools keep their JSON in runs/bench, not in docs/ (scaled/tools/bench/ is "
-    "another helper's), so the table cannot be regenerated from a stored record; it is stale "
-    "(measured 138 commits before issue 28, scaled/losses.py has changed since) and is "
-    "re-measured by `make bench`"
-)
 SKIPPED: dict[str, str] = {
-    "bench-losses": BENCH_STALE,
-    "bench-variance": BENCH_STALE,
-    "bench-step": BENCH_STALE,
-    "bench-profile": BENCH_STALE,
     "feature-norm-minc": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "feature-norm-spectral": "scaled/tools/feature_norm.py stores no JSON record in docs/results/",
     "minc-loop": "README's code example, not a table: tests/equivalence/test_objective.py runs it",
@@ -138,10 +128,16 @@ def _linear_eval(root: Path) -> str:
     return linear_eval_section(r, r["argv"], r["provenance"])
 
 
-def _bench_loader(root: Path) -> str:
-    from scaled.tools.bench.loader import docs_section
+def _bench(name: str) -> Callable[[Path], str]:
+    """The renderer of benchmark `name`'s section (`scaled.tools.bench.<name>.docs_section`,
+    from docs/results/bench_<name>.json)."""
 
-    return docs_section(root)
+    def render(root: Path) -> str:
+        import importlib
+
+        return importlib.import_module(f"scaled.tools.bench.{name}").docs_section(root)
+
+    return render
 
 
 def _loader_cores(root: Path) -> str:
@@ -179,7 +175,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("docs/results.md", "signature", _signature),
     Section("docs/results.md", "gradvar", _gradvar),
     Section("README.md", "readme-demo", _readme_demo),
-    Section("docs/results.md", "bench-loader", _bench_loader),
+    *(Section("docs/results.md", f"bench-{n}", _bench(n)) for n in ("losses", "variance", "step")),
+    Section("docs/results.md", "bench-loader", _bench("loader")),
+    Section("docs/scaling.md", "bench-profile", _bench("profile")),
     Section("docs/scaling.md", "loader-cores", _loader_cores),
     Section("docs/results.md", "gpu-check-dry_run", _gpu_check_dry_run),
     Section("docs/scaling.md", "code-paths", _code_paths),

@@ -46,6 +46,8 @@ def _a_cell(body: str) -> str:
         ("docs/results.md", "experiments"),
         ("docs/results.md", "claims"),
         ("README.md", "readme-demo"),
+        *(("docs/results.md", f"bench-{n}") for n in ("losses", "variance", "step", "loader")),
+        ("docs/scaling.md", "bench-profile"),
     ],
 )
 def test_a_cell_edited_by_hand_fails_the_check_and_is_regenerated(tmp_path, capsys, file, section):

@@ -89,6 +89,31 @@ def docs_body(
     return "\n".join(parts) + "\n"
 
 
+def record_path(root: Path, name: str) -> Path:
+    """Where a benchmark's record lives once published: docs/results/bench_<name>.json."""
+    return root / "docs" / "results" / f"bench_{name}.json"
+
+
+def stored_record(root: Path, name: str) -> dict[str, Any]:
+    """The published record of benchmark `name` (what its docs section is rendered from)."""
+    path = record_path(root, name)
+    if not path.is_file():
+        raise UserError(f"no {path}; run `python -m scaled.tools.bench {name} --write-docs`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def publish(name: str, payload: dict[str, Any], render: Callable[[Path], str], docs="results.md"):
+    """`--write-docs`: store `payload` as the checkout's record of benchmark `name` and write
+    its docs section as `render(root)` makes it from that record (the renderer that
+    `python -m scaled.tools.results` calls, so the section regenerates from the record)."""
+    root = docs_file(docs).parents[1]
+    path = record_path(root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+    write_docs_section(name, render(root), docs)
+
+
 def write_docs_section(name: str, body: str, docs: str = "results.md") -> None:
     """Replace section ``bench-<name>`` of the checkout's ``docs/<docs>`` with `body`."""
     replace_section(docs_file(docs), f"bench-{name}", body)

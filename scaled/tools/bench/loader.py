@@ -45,6 +45,8 @@ from scaled.tools.bench.common import (
     docs_body,
     markdown_table,
     pick_device,
+    record_path,
+    stored_record,
     synchronize,
     write_docs_section,
     write_json,
@@ -676,7 +678,7 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
     write_json(args.output_dir, "loader", record)
     if args.write_docs:
         root = checkout_root()
-        path = root / "docs" / "results" / RECORD
+        path = record_path(root, "loader")
         path.write_text(json.dumps(record, indent=2, default=str) + "\n")
         print(f"wrote {path}")
         write_docs_section("loader", docs_section(root))
@@ -788,12 +790,7 @@ def loader_tables(record: dict[str, Any]) -> str:
 
 
 def _record(root: Path) -> dict[str, Any]:
-    from scaled.config import UserError
-
-    path = root / "docs" / "results" / RECORD
-    if not path.is_file():
-        raise UserError(f"no {path}; run `python -m scaled.tools.bench loader --write-docs`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return stored_record(root, "loader")
 
 
 def docs_section(root: Path) -> str:

@@ -17,9 +17,10 @@ from scaled.tools.bench.common import (
     docs_body,
     markdown_table,
     pick_device,
+    publish,
     save_figure,
+    stored_record,
     time_calls,
-    write_docs_section,
     write_json,
 )
 from scaled.tools.provenance import environment
@@ -238,17 +239,22 @@ def run_losses(args: argparse.Namespace) -> dict[str, Any]:
         "settings": settings,
     }
     payload |= {"rows": rows, "summary": summary}
-    write_json(args.output_dir, "losses", payload)
-    figure = None
     if args.plot or args.write_docs:
-        figure = plot_losses(rows, settings["widths"], args.output_dir, args.write_docs)
+        payload["figure"] = plot_losses(rows, settings["widths"], args.output_dir, args.write_docs)
+    write_json(args.output_dir, "losses", payload)
     if args.write_docs:
-        notes = losses_notes(settings, summary_table, on_gpu)
-        body = docs_body(
-            "Loss cost: pairwise spectral vs MINC", args.command_line, env, table, notes, figure
-        )
-        write_docs_section("losses", body)
+        publish("losses", payload, docs_section)
     return payload
+
+
+def docs_section(root: Path) -> str:
+    """docs/results.md's "Loss cost" section from docs/results/bench_losses.json."""
+    record = stored_record(root, "losses")
+    table, summary_table = losses_tables(record["rows"], record["summary"])
+    on_gpu = str(record["env"].get("device", "cpu")).startswith("cuda")
+    notes = losses_notes(record["settings"], summary_table, on_gpu)
+    title = "Loss cost: pairwise spectral vs MINC"
+    return docs_body(title, record["command"], record["env"], table, notes, record.get("figure"))
 
 
 def plot_losses(rows: list[dict[str, Any]], widths: list[int], out_dir: Path, write_docs: bool):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,8 +12,9 @@ import torch
 from scaled.tools.bench.common import (
     markdown_table,
     pick_device,
+    publish,
+    stored_record,
     synchronize,
-    write_docs_section,
     write_json,
 )
 from scaled.tools.bench.step import step_functions
@@ -71,5 +73,10 @@ def run_profile(args: argparse.Namespace) -> dict[str, Any]:
     payload = {"benchmark": "profile", "command": args.command_line, "runs": runs}
     write_json(args.output_dir, "profile", payload)
     if args.write_docs:
-        write_docs_section("profile", profile_body(payload), "scaling.md")
+        publish("profile", payload, docs_section, "scaling.md")
     return payload
+
+
+def docs_section(root: Path) -> str:
+    """docs/scaling.md's step profile from docs/results/bench_profile.json."""
+    return profile_body(stored_record(root, "profile"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from scaled.tools.bench.common import (
     docs_body,
     markdown_table,
     pick_device,
+    publish,
+    stored_record,
     synchronize,
     time_calls,
-    write_docs_section,
     write_json,
 )
 from scaled.tools.provenance import environment
@@ -242,9 +244,16 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
     payload["rows"] = rows
     write_json(args.output_dir, "step", payload)
     if args.write_docs:
-        notes = step_notes(s["reps"], cuda)
-        body = docs_body(
-            "Training step: SSL vs supervised", args.command_line, env, table, notes, None
-        )
-        write_docs_section("step", body)
+        publish("step", payload, docs_section)
     return payload
+
+
+def docs_section(root: Path) -> str:
+    """docs/results.md's "Training step" section from docs/results/bench_step.json."""
+    record = stored_record(root, "step")
+    cuda = str(record["env"].get("device", "cpu")).startswith("cuda")
+    notes = step_notes(record["settings"]["reps"], cuda)
+    title = "Training step: SSL vs supervised"
+    return docs_body(
+        title, record["command"], record["env"], step_table(record["rows"]), notes, None
+    )

@@ -14,8 +14,9 @@ import torch
 from scaled.tools.bench.common import (
     docs_body,
     markdown_table,
+    publish,
     save_figure,
-    write_docs_section,
+    stored_record,
     write_json,
 )
 from scaled.tools.provenance import environment
@@ -221,6 +222,7 @@ def _run_variance(args: argparse.Namespace) -> dict[str, Any]:
         "batches": batches,
         "draws_per_seed": s["draws"],
         "seeds": s["seeds"],
+        "sizes": list(s["sizes"]),
     }
     payload = {
         "benchmark": "variance",
@@ -229,15 +231,25 @@ def _run_variance(args: argparse.Namespace) -> dict[str, Any]:
         "settings": settings,
     }
     payload |= {"rows": rows, "verdict": verdict}
-    write_json(args.output_dir, "variance", payload)
-    figure = None
     if args.plot or args.write_docs:
-        figure = plot_variance(rows, points, batches, args.output_dir, args.write_docs)
+        payload["figure"] = plot_variance(rows, points, batches, args.output_dir, args.write_docs)
+    write_json(args.output_dir, "variance", payload)
     if args.write_docs:
-        title = "Gradient variance of the minibatch estimators"
-        body = docs_body(title, args.command_line, env, table, variance_notes(s, verdict), figure)
-        write_docs_section("variance", body)
+        publish("variance", payload, docs_section)
     return payload
+
+
+def docs_section(root: Path) -> str:
+    """docs/results.md's "Gradient variance" section from docs/results/bench_variance.json:
+    the table and the verdict recomputed from the stored rows."""
+    record = stored_record(root, "variance")
+    rows, s = record["rows"], record["settings"]
+    points = list(dict.fromkeys(r["point"] for r in rows))
+    table = variance_table(rows, points, s["batches"])
+    verdict = variance_verdict(rows, dict.fromkeys(points), s["batches"])
+    notes = variance_notes({**s, "draws": s["draws_per_seed"]}, verdict)
+    title = "Gradient variance of the minibatch estimators"
+    return docs_body(title, record["command"], record["env"], table, notes, record.get("figure"))
 
 
 def paired_ratio_interval(num: list[float], den: list[float]) -> tuple[float, float, float]:
