@@ -202,10 +202,11 @@ the spectral estimator (Eq. 19) through the B x B similarity matrix
 features of both views (Eq. 15), the EMA into `Cbar`, and the symmetrised `minc_loss_batch`
 (Eq. 20). Each width stops at the first B where one call took more than {settings["max_call_s"]} s.
 Slopes are fitted over the three largest B of each width (asymptotically 2 for pairwise, 1 for the
-k x k forms); the pairwise/MINC crossover sits near B ~ k. On a CPU the small-B timings are
-dominated by per-call overhead. The paper's O(B^2) cost argument holds for the pairwise form only:
-the spectral loss itself can be evaluated through k x k statistics too; MINC's advantage over it is
-then in gradient variance (next section), not in cost.
+k x k forms); the pairwise/MINC crossover of each width is in the last column below. On a CPU
+the small-B timings are dominated by per-call overhead. The paper's O(B^2) cost argument holds
+for the pairwise form only: the spectral loss itself can be evaluated through k x k statistics
+too, so what MINC could gain over it is not cost but gradient variance (next section, whose
+verdict is computed from its rows).
 
 {summary_table}
 """
