@@ -59,6 +59,6 @@ def test_compiled_stage_bytes_come_from_inductors_count():
     assert 0 < fused["compiled_regions"] < eager["bytes"]
     assert fused["bytes"] == fused["compiled_regions"] + fused["blur"] + fused["copy"]
     wide = L.fused_stage_bytes(L.count_stage_bytes(8, 32, torch.float32), small_batch=4)
-    assert wide["compiled_regions"] > 1.5 * fused["compiled_regions"]
+    assert wide["compiled_regions"] > 1.3 * fused["compiled_regions"]  # the uint8 input stays
     ops = L.count_stage_ops(8, 32)
     assert ops > 0 and L.count_stage_ops(16, 32) == pytest.approx(2 * ops, rel=0.2)
