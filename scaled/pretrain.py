@@ -380,12 +380,6 @@ def resolve_device(cfg: PretrainConfig) -> str:
     return want
 
 
-def check_batch_divisible(cfg: PretrainConfig, world: int) -> None:
-    """The global batch must split evenly over ranks and accumulation steps, into per-rank
-    micro-batches of >= 2 (BatchNorm): `scaled.config.check_rank_batch`."""
-    check_rank_batch(cfg, world)
-
-
 def build_dali_loader(cfg: PretrainConfig, micro: int, rank: int, local_rank: int, sampler, device):
     """`--loader dali`: the pipeline of scaled/dali_loader.py (on the GPU; `device_id=None` runs it
     on the CPU), fed by the trainer's own `sampler`, or a one-line UserError."""
@@ -445,8 +439,9 @@ def set_up(cfg: PretrainConfig) -> tuple[RunState, object, GlobalBatchSampler, i
     device_type = resolve_device(cfg)
     # Checked before the process group exists, so every rank fails alike with one line instead
     # of a peer crashing inside init_process_group after rank 0 has left.
-    check_batch_divisible(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    check_compile_plan(cfg, int(os.environ.get("WORLD_SIZE", "1")), device_type)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_rank_batch(cfg, world)  # even split over ranks and accumulation, micro-batches >= 2
+    check_compile_plan(cfg, world, device_type)
     check_folder_writable(cfg.output_dir, "--output-dir")  # before the data scan, not after
     rank, world, local_rank, device = init_distributed(device_type)
     micro = cfg.batch_size // (world * cfg.accum_steps)
