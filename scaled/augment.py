@@ -457,6 +457,18 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False, fullgraph=True)
 
 
+def select_stage(pixels, p, dtype, memory_format, out_dtype, region=None) -> torch.Tensor:
+    """The stage in its compiled form: the colour and finish regions as selects (`region`
+    wraps each: `_compiled` when None, or the identity to run them eager as the compiler sees
+    them, what `bench loader` counts) around the blur where drawn."""
+    region = region or _compiled  # looked up per call (tests replace `_compiled`)
+    consts = _constants(pixels.device, torch.float32)
+    x = region(_colour)(pixels, p["flip"], p["jitter"], p["order"], p["factors"], dtype)
+    x = blur_where_drawn(x, p)
+    args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
+    return region(_finish)(x, *args, out_dtype)
+
+
 def blur_where_drawn(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """The Gaussian blur on the samples that drew it (`where_drawn`), each with its sigma."""
     kernel, sigma = blur_kernel_size(x.shape[-1]), params["sigma"]
@@ -498,13 +510,9 @@ def augment_batch(
         params = {**colour_fields(params["colour"]), **params}
     kind, p = pixels.device.type, params
     dtype = STAGE_DTYPE.get(kind, torch.float32) if dtype is None else dtype
-    consts = _constants(pixels.device, torch.float32)
     if STAGE_COMPILE.get(kind, False) if compile is None else compile:
         try:
-            x = _compiled(_colour)(pixels, p["flip"], p["jitter"], p["order"], p["factors"], dtype)
-            x = blur_where_drawn(x, p)
-            args = (p["gray"], p["solarize"], consts["scale"], consts["shift"], memory_format)
-            return _compiled(_finish)(x, *args, out_dtype)
+            return select_stage(pixels, p, dtype, memory_format, out_dtype)
         except Exception as err:  # noqa: BLE001  a compiler failure: eager from now on
             if compile:
                 raise
@@ -523,6 +531,7 @@ def augment_batch(
     phase("finish")
     x = where_drawn(x, p, "gray", p["gray"], lambda s, i: grayscale(s).expand_as(s).contiguous())
     x = where_drawn(x, p, "solarize", p["solarize"], lambda s, i: solarize(s))
+    consts = _constants(pixels.device, torch.float32)
     out = torch.empty(x.shape, dtype=out_dtype, device=x.device, memory_format=memory_format)
     return torch.addcmul(consts["shift"], x, consts["scale"], out=out)  # in float32, rounded
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from scaled.config import UserError
-from scaled.tools.provenance import docs_file, provenance_line, replace_section
+from scaled.tools.provenance import checkout_root, docs_file, provenance_line, replace_section
 
 
 def pick_device(name: str) -> torch.device:
@@ -106,7 +106,7 @@ def publish(name: str, payload: dict[str, Any], render: Callable[[Path], str], d
     """`--write-docs`: store `payload` as the checkout's record of benchmark `name` and write
     its docs section as `render(root)` makes it from that record (the renderer that
     `python -m scaled.tools.results` calls, so the section regenerates from the record)."""
-    root = docs_file(docs).parents[1]
+    root = checkout_root()
     path = record_path(root, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

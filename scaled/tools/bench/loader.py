@@ -32,7 +32,6 @@ it (docs/results.md "Input pipeline", docs/scaling.md's cores-per-GPU table).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -45,10 +44,9 @@ from scaled.tools.bench.common import (
     docs_body,
     markdown_table,
     pick_device,
-    record_path,
+    publish,
     stored_record,
     synchronize,
-    write_docs_section,
     write_json,
 )
 from scaled.tools.provenance import (
@@ -419,21 +417,18 @@ COPY_OPS = {  # move or make data, no arithmetic
 
 def count_stage_ops(batch: int = STEP_BATCH, image_size: int = 224, dtype=torch.bfloat16) -> int:
     """Arithmetic of the compiled stage (`ByteCounter.ops`) for one step's two views, on the
-    meta device: its compiled regions' ops run eager (`_colour`, `_finish`: selects on the
-    whole batch, every jitter op at every position, hue included) and the blur where drawn,
-    as `augment_batch` calls them when it compiles."""
+    meta device: `augment.select_stage` with its regions run eager (selects on the whole batch,
+    every jitter op at every position, hue included) and the blur where drawn."""
     from scaled import augment as A
 
-    counter, c = ByteCounter(), A._constants(torch.device("meta"), torch.float32)
+    counter = ByteCounter()
+    A._constants(torch.device("meta"), torch.float32)  # built (and cached) outside the count
     with counter:
         for v in synthetic_views(batch, image_size):
             p = {k: t.to("meta") for k, t in v.items()}
             pixels = p.pop("pixels").permute(0, 3, 1, 2)
             p = {**A.colour_fields(p["colour"]), **p}
-            x = A._colour(pixels, p["flip"], p["jitter"], p["order"], p["factors"], dtype)
-            x = A.blur_where_drawn(x, p)
-            fmt = torch.channels_last
-            A._finish(x, p["gray"], p["solarize"], c["scale"], c["shift"], fmt, dtype)
+            A.select_stage(pixels, p, dtype, torch.channels_last, dtype, region=lambda fn: fn)
     return counter.ops
 
 
@@ -677,11 +672,8 @@ def run_loader(args: argparse.Namespace) -> dict[str, Any]:
     print(loader_tables(record))
     write_json(args.output_dir, "loader", record)
     if args.write_docs:
+        publish("loader", record, docs_section)
         root = checkout_root()
-        path = record_path(root, "loader")
-        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        print(f"wrote {path}")
-        write_docs_section("loader", docs_section(root))
         replace_section(root / "docs" / "scaling.md", "loader-cores", cores_section(root))
     return record
 
@@ -715,9 +707,8 @@ def share_table(record: dict[str, Any]) -> str:
 
     def cells(key: str, name: str, moved: float) -> list[str]:
         c = share[key]
-        ops = f"{c['ops_ms']:.2f}" if c.get("ops_ms") else "-"
-        bytes_ms = c.get("bytes_ms", c["stage_ms"])
-        return [name, f"{moved / 1e9:.2f}", f"{bytes_ms:.2f}", ops, f"{c['step_ms']:.1f}",
+        ops = f"{c['ops_ms']:.2f}" if c["ops_ms"] else "-"  # the eager row counts no ops
+        return [name, f"{moved / 1e9:.2f}", f"{c['bytes_ms']:.2f}", ops, f"{c['step_ms']:.1f}",
                 f"{100 * c['share']:.1f}%"]  # fmt: skip
 
     return markdown_table(
@@ -861,16 +852,13 @@ def reading(record: dict[str, Any]) -> str:
                "does not use: a finding against that default.")
         )  # fmt: skip
     if "compiled" in share:
-        ops_ms = share["compiled"].get("ops_ms")
-        if ops_ms is not None:
-            parts.append(
-                f"Its arithmetic ({record['stage_ops_compiled'] / 1e9:.0f} G operations) takes "
-                f"{ops_ms:.2f} ms at the FP32 rate against {share['compiled']['bytes_ms']:.2f} ms "
-                "for its bytes: "
-                + ("memory-bound, so the bytes set its time."
-                   if ops_ms < share["compiled"]["bytes_ms"] else "compute-bound: the "
-                   "arithmetic sets its time.")
-            )  # fmt: skip
+        ops_ms, bytes_ms = share["compiled"]["ops_ms"], share["compiled"]["bytes_ms"]
+        parts.append(
+            f"Its arithmetic ({record['stage_ops_compiled'] / 1e9:.0f} G operations) takes "
+            f"{ops_ms:.2f} ms at the FP32 rate against {bytes_ms:.2f} ms for its bytes: "
+            + ("memory-bound, so the bytes set its time." if ops_ms < bytes_ms
+               else "compute-bound: the arithmetic sets its time.")
+        )  # fmt: skip
         parts.append(
             f"Its estimated share of an H100 step at 512 images per GPU: "
             f"{100 * share['eager']['share']:.1f}% eager, {100 * share['compiled']['share']:.1f}% "
@@ -900,9 +888,9 @@ def loader_notes(record: dict[str, Any]) -> str:
     h = record["h100"]
     return f"""
 On {s["data"]}, {s["image_size"]} px, two views per image. "Per core": one process and one
-torch thread calls each pipeline a DataLoader batch of {s.get("batch", 16)} images at a time,
+torch thread calls each pipeline a DataLoader batch of {s["batch"]} images at a time,
 all interleaved batch by batch over the same files (in a new random order each batch,
-{s.get("rounds", 1)} passes); a rate is 1 / the median of its seconds per image. Decode only
+{s["rounds"]} passes); a rate is 1 / the median of its seconds per image. Decode only
 (torchvision) is `decode_file`: read the file, `decode_jpeg`, nothing else. The floor is that
 decode plus the two crop-resizes with the CPU stage's boxes (drawn before timing) and filter
 (torchvision's antialiased uint8 kernel), nothing else. Today's loader (`--loader torch`)
