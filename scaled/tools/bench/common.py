@@ -102,6 +102,11 @@ def stored_record(root: Path, name: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def ran_on_cuda(record: dict[str, Any]) -> bool:
+    """Whether a stored record was measured on CUDA (its `env`'s device)."""
+    return str(record["env"].get("device", "cpu")).startswith("cuda")
+
+
 def publish(name: str, payload: dict[str, Any], render: Callable[[Path], str], docs="results.md"):
     """`--write-docs`: store `payload` as the checkout's record of benchmark `name` and write
     its docs section as `render(root)` makes it from that record (the renderer that

@@ -18,6 +18,7 @@ from scaled.tools.bench.common import (
     markdown_table,
     pick_device,
     publish,
+    ran_on_cuda,
     save_figure,
     stored_record,
     time_calls,
@@ -252,8 +253,7 @@ def docs_section(root: Path) -> str:
     """docs/results.md's "Loss cost" section from docs/results/bench_losses.json."""
     record = stored_record(root, "losses")
     table, summary_table = losses_tables(record["rows"], record["summary"])
-    on_gpu = str(record["env"].get("device", "cpu")).startswith("cuda")
-    notes = losses_notes(record["settings"], summary_table, on_gpu)
+    notes = losses_notes(record["settings"], summary_table, ran_on_cuda(record))
     title = "Loss cost: pairwise spectral vs MINC"
     return docs_body(title, record["command"], record["env"], table, notes, record.get("figure"))
 

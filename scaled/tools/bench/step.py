@@ -17,6 +17,7 @@ from scaled.tools.bench.common import (
     markdown_table,
     pick_device,
     publish,
+    ran_on_cuda,
     stored_record,
     synchronize,
     time_calls,
@@ -251,8 +252,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
 def docs_section(root: Path) -> str:
     """docs/results.md's "Training step" section from docs/results/bench_step.json."""
     record = stored_record(root, "step")
-    cuda = str(record["env"].get("device", "cpu")).startswith("cuda")
-    notes = step_notes(record["settings"]["reps"], cuda)
+    notes = step_notes(record["settings"]["reps"], ran_on_cuda(record))
     title = "Training step: SSL vs supervised"
     return docs_body(
         title, record["command"], record["env"], step_table(record["rows"]), notes, None
